@@ -1,0 +1,254 @@
+//! `sluice bench`: the word-count benchmark and the Wasm boundary costs, printed as Markdown.
+//!
+//! - Word count over a generated input (20 files): (a) the `split_words` plugin + SQL count,
+//!   (b) pure SQL; lines/s and MB/s from query start to end.
+//! - Start-up: from `start()` to the first batch committed, with the plugin's compiled form
+//!   already cached.
+//! - Boundary cost: one `identity` plugin call per batch at 1k, 8k, 64k and 1M rows, beside a
+//!   native IPC round trip of the same batch.
+//! - A Wasm filter (even values) against the same filter in native Rust over IPC.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+use crate::error::{Error, Result};
+use crate::plugin::{CallContext, PluginLimits, PluginRuntime, decode_ipc, default_cache_dir, encode_ipc};
+use crate::{OutputMode, Session, Trigger};
+
+const VOCABULARY: usize = 5000;
+
+fn word(i: u64) -> String {
+    const SYL: [&str; 16] = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ba", "de", "fi", "go", "hu", "ja", "ke", "zu"];
+    let mut s = String::new();
+    let mut x = i;
+    loop {
+        s.push_str(SYL[(x % 16) as usize]);
+        x /= 16;
+        if x == 0 {
+            break;
+        }
+    }
+    s
+}
+
+/// Writes `lines` lines of text over 20 files in `dir` (once; reused if already there).
+fn generate(dir: &Path, lines: usize) -> Result<u64> {
+    let marker = dir.join(format!("_lines_{lines}"));
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| Error::Io { path: p, source }
+    };
+    if !marker.exists() {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(io(dir))?;
+        }
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let words: Vec<String> = (0..VOCABULARY as u64).map(word).collect();
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        let per_file = lines.div_ceil(20);
+        for f in 0..20 {
+            let mut text = String::with_capacity(per_file * 48);
+            for _ in 0..per_file.min(lines.saturating_sub(f * per_file)) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let n = 3 + (x % 10) as usize;
+                for j in 0..n {
+                    // Zipf-like: small ids are far more frequent, as in real text.
+                    let r = (x.rotate_left(j as u32 * 7) % 1_000_000) as f64 / 1_000_000.0;
+                    let id = ((VOCABULARY as f64).powf(r) as usize).min(VOCABULARY - 1);
+                    if j > 0 {
+                        text.push(' ');
+                    }
+                    text.push_str(&words[id]);
+                }
+                text.push('\n');
+            }
+            let path = dir.join(format!("part-{f:02}.txt"));
+            std::fs::write(&path, text).map_err(io(&path))?;
+        }
+        std::fs::write(&marker, b"").map_err(io(&marker))?;
+    }
+    let mut bytes = 0;
+    for e in std::fs::read_dir(dir).map_err(io(dir))? {
+        bytes += e.map_err(io(dir))?.metadata().map_err(io(dir))?.len();
+    }
+    Ok(bytes)
+}
+
+async fn wordcount(session: &Session, dir: &Path, plugin: Option<&Path>) -> Result<(Duration, u64)> {
+    let df = session.read_stream().format("text").option("maxFilesPerTrigger", 4).load_path(dir);
+    let df = match plugin {
+        Some(p) => df.plugin(p, [("column", "value"), ("output", "word")]),
+        None => df.sql("SELECT explode(split(value, ' ')) AS word FROM input"),
+    };
+    let started = Instant::now();
+    let q = df
+        .sql("SELECT word, count(*) AS count FROM input GROUP BY word")
+        .write_stream()
+        .format("noop")
+        .output_mode(OutputMode::Complete)
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await?;
+    q.await_termination().await?;
+    let elapsed = started.elapsed();
+    let groups = q.last_progress().and_then(|p| p.state_operators.first().map(|s| s.num_rows_total)).unwrap_or(0);
+    Ok((elapsed, groups))
+}
+
+fn batch(rows: usize) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("value", DataType::Int64, false),
+        Field::new("text", DataType::Utf8, false),
+    ]));
+    let values: Int64Array = (0..rows as i64).collect();
+    let text: StringArray = (0..rows).map(|i| Some(word(i as u64 % 997))).collect();
+    Ok(RecordBatch::try_new(schema, vec![Arc::new(values), Arc::new(text)])?)
+}
+
+fn native_filter(schema: &SchemaRef, input: &RecordBatch) -> Result<RecordBatch> {
+    // The same work the plugin does, natively: IPC in, filter, IPC out.
+    let (_, batches) = decode_ipc(&encode_ipc(schema, std::slice::from_ref(input))?)?;
+    let b = &batches[0];
+    let col = b.column(0).as_any().downcast_ref::<Int64Array>().ok_or_else(|| Error::Internal("i64".into()))?;
+    let keep: BooleanArray = col.values().iter().map(|v| Some(v % 2 == 0)).collect();
+    let out = arrow_select::filter::filter_record_batch(b, &keep)?;
+    let (_, out) = decode_ipc(&encode_ipc(schema, &[out])?)?;
+    Ok(out.into_iter().next().unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
+}
+
+fn best<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<Duration> {
+    let mut best = Duration::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed());
+    }
+    Ok(best)
+}
+
+fn plugin_path(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let p = dir.join(format!("{name}.wasm"));
+    if !p.exists() {
+        return Err(Error::config(format!("{} is missing: run scripts/build-plugins.sh first", p.display())));
+    }
+    Ok(p)
+}
+
+/// Runs the benchmark and prints the results.
+pub async fn run(lines: usize, plugins: &Path, dir: &Path) -> Result<()> {
+    let split_words = plugin_path(plugins, "split_words")?;
+    let identity = plugin_path(plugins, "identity")?;
+    let filter = plugin_path(plugins, "filter")?;
+    println!("generating {lines} lines over 20 files in {} ...", dir.display());
+    let bytes = generate(dir, lines)?;
+    let mb = bytes as f64 / (1 << 20) as f64;
+    let session = Session::try_new()?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+
+    // Warm the compiled-component cache.
+    let _ = wordcount(&session, dir, Some(&split_words)).await?;
+    println!("\n## Word count ({lines} lines, {mb:.1} MB, 20 files, maxFilesPerTrigger=4, {cores} cores)\n");
+    println!("| pipeline | time | lines/s | MB/s | distinct words |");
+    println!("|---|---|---|---|---|");
+    for (name, plugin) in [("(a) split_words plugin + SQL count", Some(split_words.as_path())), ("(b) pure SQL", None)] {
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            runs.push(wordcount(&session, dir, plugin).await?);
+        }
+        let (t, groups) = runs.iter().min_by_key(|r| r.0).copied().unwrap_or_default();
+        let s = t.as_secs_f64();
+        println!("| {name} | {:.2} s | {:.2} M | {:.1} | {groups} |", s, lines as f64 / s / 1e6, mb / s);
+    }
+
+    // Start-up with a cached compiled plugin: start() to first batch committed.
+    let small = dir.join("_startup");
+    std::fs::create_dir_all(&small).map_err(|source| Error::Io { path: small.clone(), source })?;
+    let f = small.join("a.txt");
+    std::fs::write(&f, "hello world\n").map_err(|source| Error::Io { path: f.clone(), source })?;
+    let mut startup = Duration::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let q = session
+            .read_stream()
+            .format("text")
+            .load_path(&small)
+            .plugin(&split_words, [("column", "value")])
+            .sql("SELECT word, count(*) AS n FROM input GROUP BY word")
+            .write_stream()
+            .format("noop")
+            .output_mode(OutputMode::Complete)
+            .trigger(Trigger::AvailableNow)
+            .start()
+            .await?;
+        q.await_termination().await?;
+        startup = startup.min(t.elapsed());
+    }
+    println!("\nStart-up, cached plugin: `start()` to first batch committed: **{:.1} ms** (best of 5)", startup.as_secs_f64() * 1e3);
+
+    // Boundary cost per call.
+    let runtime = PluginRuntime::try_new(&default_cache_dir())?;
+    let id = runtime.load("identity", &identity).await?;
+    let fl = runtime.load("filter", &filter).await?;
+    let mut limits = PluginLimits::default();
+    limits.memory_bytes = 2 << 30;
+    let mut id_inst = id.instantiate(&[], limits).await?;
+    let mut fl_inst = fl.instantiate(&[], limits).await?;
+    let ctx = CallContext { batch_id: 0, partition: 0, watermark_ms: None, batch_timestamp_ms: 0 };
+    println!("\n## Wasm boundary: one `process` call of the identity plugin\n");
+    println!("| rows/batch | wasm call | native IPC round trip | overhead per row |");
+    println!("|---|---|---|---|");
+    for rows in [1_000usize, 8_192, 65_536, 1_000_000] {
+        let b = batch(rows)?;
+        let schema = b.schema();
+        id_inst.output_schema(&schema).await?;
+        let reps = if rows >= 1_000_000 { 5 } else { 50 };
+        let mut wasm = Duration::MAX;
+        for _ in 0..reps {
+            let t = Instant::now();
+            let out = id_inst.process(ctx, std::slice::from_ref(&b), &schema).await?;
+            wasm = wasm.min(t.elapsed());
+            debug_assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), rows);
+        }
+        let native = best(reps, || {
+            let (_, x) = decode_ipc(&encode_ipc(&schema, std::slice::from_ref(&b))?)?;
+            let (_, _y) = decode_ipc(&encode_ipc(&schema, &x)?)?;
+            Ok(())
+        })?;
+        println!(
+            "| {rows} | {:.1} µs | {:.1} µs | {:.1} ns |",
+            wasm.as_secs_f64() * 1e6,
+            native.as_secs_f64() * 1e6,
+            wasm.as_secs_f64() * 1e9 / rows as f64
+        );
+    }
+
+    println!("\n## Filter (keep even values): Wasm plugin vs the same filter in native Rust over IPC\n");
+    println!("| rows/batch | wasm | native | wasm / native |");
+    println!("|---|---|---|---|");
+    for rows in [65_536usize, 1_000_000] {
+        let b = batch(rows)?;
+        let schema = b.schema();
+        fl_inst.output_schema(&schema).await?;
+        let reps = if rows >= 1_000_000 { 5 } else { 50 };
+        let mut wasm = Duration::MAX;
+        for _ in 0..reps {
+            let t = Instant::now();
+            let _ = fl_inst.process(ctx, std::slice::from_ref(&b), &schema).await?;
+            wasm = wasm.min(t.elapsed());
+        }
+        let native = best(reps, || native_filter(&schema, &b).map(|_| ()))?;
+        println!(
+            "| {rows} | {:.2} ms | {:.2} ms | {:.2}x |",
+            wasm.as_secs_f64() * 1e3,
+            native.as_secs_f64() * 1e3,
+            wasm.as_secs_f64() / native.as_secs_f64()
+        );
+    }
+    Ok(())
+}

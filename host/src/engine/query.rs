@@ -1,0 +1,191 @@
+//! [`StreamingQuery`]: the handle `start()` returns at once, like Spark's.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use uuid::Uuid;
+
+use super::progress::{StreamingQueryProgress, StreamingQueryStatus};
+use crate::error::{Error, Result};
+
+/// How many progress reports a query keeps (Spark's `numRecentProgressUpdates`).
+const RECENT_PROGRESS: usize = 100;
+
+/// State shared between the running loop and its handles.
+pub(crate) struct Shared {
+    pub(crate) id: Uuid,
+    pub(crate) run_id: Uuid,
+    pub(crate) name: Option<String>,
+    progress: Mutex<VecDeque<StreamingQueryProgress>>,
+    status: Mutex<StreamingQueryStatus>,
+    exception: Mutex<Option<Arc<Error>>>,
+    /// Counts the loop's checks that found no new data.
+    idle: watch::Sender<u64>,
+    /// Becomes true when the loop has ended.
+    terminated: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn new(name: Option<String>) -> Self {
+        Shared {
+            id: Uuid::new_v4(),
+            run_id: Uuid::new_v4(),
+            name,
+            progress: Mutex::new(VecDeque::new()),
+            status: Mutex::new(StreamingQueryStatus {
+                message: "Initializing".into(),
+                is_data_available: false,
+                is_trigger_active: false,
+            }),
+            exception: Mutex::new(None),
+            idle: watch::channel(0).0,
+            terminated: watch::channel(false).0,
+        }
+    }
+
+    pub(crate) fn set_status(&self, message: &str, data: bool, active: bool) {
+        let mut s = lock(&self.status);
+        s.message = message.to_string();
+        s.is_data_available = data;
+        s.is_trigger_active = active;
+    }
+
+    pub(crate) fn push_progress(&self, p: StreamingQueryProgress) {
+        let mut q = lock(&self.progress);
+        q.push_back(p);
+        while q.len() > RECENT_PROGRESS {
+            q.pop_front();
+        }
+    }
+
+    pub(crate) fn note_idle(&self) {
+        self.idle.send_modify(|n| *n += 1);
+    }
+
+    pub(crate) fn finish(&self, result: Result<()>) {
+        if let Err(e) = result {
+            tracing::error!(query = ?self.name, "query failed: {e}");
+            self.set_status(&format!("Terminated with exception: {e}"), false, false);
+            *lock(&self.exception) = Some(Arc::new(e));
+        }
+        self.terminated.send_replace(true);
+    }
+}
+
+/// A handle to a running query. Cloning it gives another handle to the same query; the query
+/// keeps running until it ends, is stopped, or the last handle is dropped.
+#[derive(Clone)]
+pub struct StreamingQuery {
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    _task: Arc<AbortOnDropHandle<()>>,
+}
+
+impl std::fmt::Debug for StreamingQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamingQuery").field("id", &self.shared.id).field("name", &self.shared.name).finish()
+    }
+}
+
+impl StreamingQuery {
+    pub(crate) fn start(query: super::Query) -> Self {
+        let shared = Arc::new(Shared::new(query.name.clone()));
+        let cancel = CancellationToken::new();
+        let (s, c) = (shared.clone(), cancel.clone());
+        let task = tokio::spawn(async move {
+            let result = super::run(query, s.clone(), c).await;
+            s.finish(result);
+        });
+        StreamingQuery { shared, cancel, _task: Arc::new(AbortOnDropHandle::new(task)) }
+    }
+
+    /// The query's id.
+    pub fn id(&self) -> Uuid {
+        self.shared.id
+    }
+
+    /// The id of this run.
+    pub fn run_id(&self) -> Uuid {
+        self.shared.run_id
+    }
+
+    /// The query's name, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.shared.name.as_deref()
+    }
+
+    /// Whether the query is still running.
+    pub fn is_active(&self) -> bool {
+        !*self.shared.terminated.borrow()
+    }
+
+    /// The error that ended the query, if it failed.
+    pub fn exception(&self) -> Option<Arc<Error>> {
+        lock(&self.shared.exception).clone()
+    }
+
+    /// The most recent progress report.
+    pub fn last_progress(&self) -> Option<StreamingQueryProgress> {
+        lock(&self.shared.progress).back().cloned()
+    }
+
+    /// The last (up to 100) progress reports, oldest first.
+    pub fn recent_progress(&self) -> Vec<StreamingQueryProgress> {
+        lock(&self.shared.progress).iter().cloned().collect()
+    }
+
+    /// What the query is doing now.
+    pub fn status(&self) -> StreamingQueryStatus {
+        lock(&self.shared.status).clone()
+    }
+
+    /// Stops the query and waits until it has stopped.
+    pub async fn stop(&self) {
+        self.cancel.cancel();
+        let _ = self.await_termination().await;
+    }
+
+    /// Waits until the query ends; fails with its exception if it failed.
+    pub async fn await_termination(&self) -> Result<()> {
+        let mut rx = self.shared.terminated.subscribe();
+        let _ = rx.wait_for(|t| *t).await;
+        match self.exception() {
+            Some(e) => Err(Error::Failed(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`StreamingQuery::await_termination`], giving up after `timeout`; returns whether
+    /// the query ended.
+    pub async fn await_termination_timeout(&self, timeout: Duration) -> Result<bool> {
+        match tokio::time::timeout(timeout, self.await_termination()).await {
+            Ok(r) => r.map(|_| true),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Waits until every row available at the time of the call is processed and committed
+    /// (for tests, as in Spark). Fails if the query fails meanwhile.
+    pub async fn process_all_available(&self) -> Result<()> {
+        let mut idle = self.shared.idle.subscribe();
+        let start = *idle.borrow_and_update();
+        let mut term = self.shared.terminated.subscribe();
+        tokio::select! {
+            // Two idle checks after the call: the second one began after the call.
+            _ = idle.wait_for(|n| *n >= start + 2) => {}
+            _ = term.wait_for(|t| *t) => {}
+        }
+        match self.exception() {
+            Some(e) => Err(Error::Failed(e)),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Sources (Spark's `readStream.format(...)`): offsets, admission control and reading.
+//!
+//! A source hands out data by offset ranges, as Spark's `MicroBatchStream` does: the engine asks
+//! for the latest offset (with admission limits applied), logs it, then asks for the data
+//! between the previous end and the new end. A replayable source returns the same rows for the
+//! same range, so a batch re-run after a failure sees exactly the same input.
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use serde::{Deserialize, Serialize};
+
+use crate::config::SourceSpec;
+use crate::error::{Error, Result};
+
+pub(crate) mod file;
+pub(crate) mod rate;
+pub(crate) mod socket;
+
+/// A source's position: opaque JSON that the source alone interprets (Spark's `Offset.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Offset(pub serde_json::Value);
+
+impl Offset {
+    pub(crate) fn from_u64(n: u64) -> Self {
+        Offset(serde_json::Value::from(n))
+    }
+
+    pub(crate) fn as_u64(&self, source: &str) -> Result<u64> {
+        self.0.as_u64().ok_or_else(|| Error::Source {
+            source_name: source.to_string(),
+            message: format!("offset {} is not a number", self.0),
+            kind: crate::error::ErrorKind::Internal,
+        })
+    }
+}
+
+/// How much a batch may take (Spark's `ReadLimit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadLimit {
+    /// The source's own limits (`maxFilesPerTrigger`, ...).
+    Default,
+    /// Everything available (`Trigger.Once`).
+    All,
+}
+
+/// One input batch: record batches, each tagged with the input partition it came from.
+pub(crate) type Partitioned = Vec<(u32, RecordBatch)>;
+
+/// A streaming source.
+#[async_trait::async_trait]
+pub(crate) trait Source: Send {
+    /// For progress (`sources[].description`).
+    fn description(&self) -> String;
+    /// The schema of every batch.
+    fn schema(&self) -> SchemaRef;
+    /// Whether the same offset range always yields the same rows.
+    fn replayable(&self) -> bool;
+    /// Connects or opens what the source reads; called once when the query starts.
+    async fn start(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// For `available_now`: fixes the end of the data to process now.
+    async fn prepare_available_now(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// The offset the next batch should end at, starting from `start`; `None` if no data yet.
+    async fn latest_offset(&mut self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>>;
+    /// The rows in `(start, end]`.
+    async fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Partitioned>;
+    /// Data up to `end` is processed and committed: the source may forget it.
+    async fn commit(&mut self, _end: &Offset) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Source formats known to this build.
+pub(crate) const SOURCE_FORMATS: &[&str] = &["socket", "rate", "text", "json", "csv", "parquet"];
+
+/// Builds the source a spec names, checking its options.
+pub(crate) fn build(spec: &SourceSpec) -> Result<Box<dyn Source>> {
+    let loc = spec.location.clone();
+    let no_path = |what: &str| -> Result<()> {
+        if spec.path.is_some() || spec.schema.is_some() {
+            return Err(Error::Config {
+                location: loc.clone(),
+                message: format!("the {what} source takes no `path` or `schema`"),
+            });
+        }
+        Ok(())
+    };
+    match spec.format.as_str() {
+        "socket" => {
+            no_path("socket")?;
+            Ok(Box::new(socket::SocketSource::try_new(&spec.options)?))
+        }
+        "rate" => {
+            no_path("rate")?;
+            Ok(Box::new(rate::RateSource::try_new(&spec.options)?))
+        }
+        "text" | "json" | "csv" | "parquet" => Ok(Box::new(file::FileSource::try_new(spec).map_err(|e| e.at(loc.clone()))?)),
+        other => Err(Error::Config {
+            location: loc,
+            message: format!("unknown source format `{other}`; valid formats: {}", SOURCE_FORMATS.join(", ")),
+        }),
+    }
+}

@@ -1,0 +1,419 @@
+//! File sources (`text`, `json`, `csv`, `parquet`): a directory watched for new files.
+//!
+//! Files must appear atomically (written elsewhere, then renamed in), as in Spark; names that
+//! start with `.` or `_` are ignored, so `.part` files and `_SUCCESS` markers are never read.
+//! Each new file gets the next index in the source's file log; an offset is a count of files,
+//! so a range of offsets always names the same files (replayable). `maxFilesPerTrigger` caps
+//! the files per batch; `latestFirst` takes the newest new files first.
+//!
+//! `json` and `csv` follow Spark's malformed-record modes: `PERMISSIVE` (default) keeps the row
+//! with null fields and the raw text in the `_corrupt_record` column if the schema has one
+//! (`columnNameOfCorruptRecord` renames it), `DROPMALFORMED` drops the row, `FAILFAST` fails the
+//! query naming the file and line.
+
+use std::collections::HashSet;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::StringBuilder;
+use arrow_array::{ArrayRef, RecordBatch, new_null_array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+use super::{Offset, Partitioned, ReadLimit, Source};
+use crate::config::SourceSpec;
+use crate::error::{Error, ErrorKind, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+    Csv,
+    Parquet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Permissive,
+    DropMalformed,
+    FailFast,
+}
+
+pub(crate) struct FileSource {
+    format: Format,
+    dir: PathBuf,
+    /// The full output schema (including a corrupt-record column if any).
+    schema: SchemaRef,
+    /// The schema parsed from the files (without the corrupt-record column).
+    data_schema: SchemaRef,
+    corrupt_column: Option<usize>,
+    mode: Mode,
+    max_files: Option<usize>,
+    latest_first: bool,
+    csv_header: bool,
+    csv_sep: u8,
+    log: Vec<PathBuf>,
+    seen: HashSet<PathBuf>,
+    bound: Option<u64>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
+/// New complete files in `dir`, oldest first (by modification time, then name).
+fn list(dir: &Path) -> Result<Vec<(std::time::SystemTime, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        let meta = entry.metadata().map_err(io(&entry.path()))?;
+        if meta.is_file() {
+            files.push((meta.modified().map_err(io(&entry.path()))?, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+impl FileSource {
+    pub(crate) fn try_new(spec: &SourceSpec) -> Result<Self> {
+        let format = match spec.format.as_str() {
+            "text" => Format::Text,
+            "json" => Format::Json,
+            "csv" => Format::Csv,
+            _ => Format::Parquet,
+        };
+        let component = format!("{} source", spec.format);
+        let c = component.as_str();
+        let o = &spec.options;
+        let mut valid = vec!["maxFilesPerTrigger", "latestFirst"];
+        match format {
+            Format::Json => valid.extend(["mode", "columnNameOfCorruptRecord"]),
+            Format::Csv => valid.extend(["mode", "columnNameOfCorruptRecord", "header", "sep", "delimiter"]),
+            _ => {}
+        }
+        o.check(c, &valid)?;
+        let dir = spec.path.clone().ok_or_else(|| Error::MissingOption {
+            component: component.clone(),
+            key: "path".into(),
+            hint: Some("the directory to watch for new files".into()),
+            location: spec.location.clone(),
+        })?;
+        if !dir.is_dir() {
+            return Err(Error::Config {
+                location: spec.location.clone(),
+                message: format!("{c}: `path` {} is not a directory", dir.display()),
+            });
+        }
+        let max_files: Option<usize> = o.parse(c, "maxFilesPerTrigger")?;
+        if max_files == Some(0) {
+            return Err(o.invalid(c, "maxFilesPerTrigger", "must be at least 1"));
+        }
+        let mode = match o.get("mode").map(|m| m.trim().to_ascii_uppercase()).as_deref() {
+            None | Some("PERMISSIVE") => Mode::Permissive,
+            Some("DROPMALFORMED") => Mode::DropMalformed,
+            Some("FAILFAST") => Mode::FailFast,
+            Some(_) => return Err(o.invalid(c, "mode", "expected PERMISSIVE, DROPMALFORMED or FAILFAST")),
+        };
+        let sep = o.get("sep").or(o.get("delimiter")).unwrap_or(",");
+        let csv_sep = match sep.as_bytes() {
+            [b] => *b,
+            _ if sep == "\\t" => b'\t',
+            _ => return Err(o.invalid(c, "sep", "must be a single character")),
+        };
+
+        let schema = match (format, &spec.schema) {
+            (Format::Text, None) => Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, false)])),
+            (Format::Text, Some(_)) => {
+                return Err(Error::Config {
+                    location: spec.location.clone(),
+                    message: "the text source has a fixed schema (`value STRING`); remove `schema`".into(),
+                });
+            }
+            (_, Some(ddl)) => crate::schema::parse_ddl(ddl).map_err(|e| e.at(spec.location.clone()))?,
+            (Format::Parquet, None) => infer_parquet(&dir).map_err(|e| e.at(spec.location.clone()))?,
+            (_, None) => {
+                return Err(Error::MissingOption {
+                    component: component.clone(),
+                    key: "schema".into(),
+                    hint: Some("a DDL string such as \"ts TIMESTAMP, user STRING, amount BIGINT\"; streaming file sources need a fixed schema, as in Spark".into()),
+                    location: spec.location.clone(),
+                });
+            }
+        };
+        let corrupt_name = o.get("columnNameOfCorruptRecord").unwrap_or("_corrupt_record");
+        let corrupt_column = match format {
+            Format::Json | Format::Csv => schema.index_of(corrupt_name).ok(),
+            _ => None,
+        };
+        if let Some(i) = corrupt_column {
+            if schema.field(i).data_type() != &DataType::Utf8 {
+                return Err(Error::Config {
+                    location: spec.location.clone(),
+                    message: format!("{c}: the corrupt-record column `{corrupt_name}` must be STRING"),
+                });
+            }
+        }
+        let data_schema = Arc::new(Schema::new(
+            schema.fields().iter().enumerate().filter(|(i, _)| Some(*i) != corrupt_column).map(|(_, f)| f.clone()).collect::<Vec<_>>(),
+        ));
+        Ok(FileSource {
+            format,
+            dir,
+            schema,
+            data_schema,
+            corrupt_column,
+            mode,
+            max_files,
+            latest_first: o.bool_or(c, "latestFirst", false)?,
+            csv_header: o.bool_or(c, "header", false)?,
+            csv_sep,
+            log: Vec::new(),
+            seen: HashSet::new(),
+            bound: None,
+        })
+    }
+
+    fn err(&self, message: String, kind: ErrorKind) -> Error {
+        Error::Source { source_name: self.description(), message, kind }
+    }
+
+    async fn refresh(&mut self) -> Result<()> {
+        let dir = self.dir.clone();
+        let files = tokio::task::spawn_blocking(move || list(&dir))
+            .await
+            .map_err(|e| Error::Internal(format!("listing task failed: {e}")))??;
+        let mut new: Vec<PathBuf> = files.into_iter().map(|(_, p)| p).filter(|p| !self.seen.contains(p)).collect();
+        if self.latest_first {
+            new.reverse();
+        }
+        for p in new {
+            self.seen.insert(p.clone());
+            self.log.push(p);
+        }
+        Ok(())
+    }
+
+    fn read_file(&self, path: &Path, bytes: Vec<u8>) -> Result<RecordBatch> {
+        let data = match self.format {
+            Format::Text => return text_batch(&self.schema, &bytes),
+            Format::Parquet => {
+                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+                    .and_then(|b| b.build())
+                    .map_err(|e| self.err(format!("{}: {e}", path.display()), ErrorKind::User))?;
+                let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+                let mut out = Vec::new();
+                for b in batches {
+                    out.push(project_to(&self.schema, &b).map_err(|m| self.err(format!("{}: {m}", path.display()), ErrorKind::User))?);
+                }
+                return Ok(arrow_select::concat::concat_batches(&self.schema, &out)?);
+            }
+            Format::Json => self.decode_rows(path, &bytes, |schema, chunk| {
+                let mut d = arrow_json::ReaderBuilder::new(schema.clone()).with_batch_size(1 << 20).build_decoder()?;
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    let n = d.decode(rest)?;
+                    if n == 0 {
+                        break;
+                    }
+                    rest = &rest[n..];
+                }
+                Ok(d.flush()?.unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
+            })?,
+            Format::Csv => {
+                let (header, sep) = (self.csv_header, self.csv_sep);
+                let body = if header { skip_line(&bytes) } else { &bytes[..] };
+                self.decode_rows(path, body, |schema, chunk| {
+                    let reader = arrow_csv::ReaderBuilder::new(schema.clone())
+                        .with_header(false)
+                        .with_delimiter(sep)
+                        .with_batch_size(1 << 20)
+                        .build(Cursor::new(chunk))?;
+                    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+                    arrow_select::concat::concat_batches(schema, &batches)
+                })?
+            }
+        };
+        Ok(data)
+    }
+
+    /// Decodes newline-delimited records; on a failure, falls back to one record at a time and
+    /// applies the malformed-record mode.
+    fn decode_rows(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        decode: impl Fn(&SchemaRef, &[u8]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError>,
+    ) -> Result<RecordBatch> {
+        let lines = || bytes.split(|b| *b == b'\n').enumerate().filter(|(_, l)| !l.trim_ascii().is_empty());
+        let expected = lines().count();
+        if let Ok(b) = decode(&self.data_schema, bytes) {
+            if b.num_rows() == expected {
+                return self.with_corrupt(b, None);
+            }
+        }
+        let mut good = Vec::new();
+        let mut corrupt = StringBuilder::new();
+        for (i, line) in lines() {
+            match decode(&self.data_schema, line) {
+                Ok(b) if b.num_rows() == 1 => {
+                    good.push(b);
+                    corrupt.append_null();
+                }
+                other => {
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        Ok(b) => format!("{} records on one line", b.num_rows()),
+                    };
+                    match self.mode {
+                        Mode::FailFast => {
+                            return Err(self.err(
+                                format!("malformed record in {} line {}: {why} (mode FAILFAST)", path.display(), i + 1),
+                                ErrorKind::User,
+                            ));
+                        }
+                        Mode::DropMalformed => {
+                            tracing::debug!(file = %path.display(), line = i + 1, "dropping malformed record: {why}");
+                        }
+                        Mode::Permissive => {
+                            let nulls: Vec<ArrayRef> =
+                                self.data_schema.fields().iter().map(|f| new_null_array(f.data_type(), 1)).collect();
+                            good.push(RecordBatch::try_new_with_options(
+                                self.data_schema_nullable(),
+                                nulls,
+                                &arrow_array::RecordBatchOptions::new().with_row_count(Some(1)),
+                            )?);
+                            corrupt.append_value(String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)));
+                        }
+                    }
+                }
+            }
+        }
+        let good: Vec<RecordBatch> = good
+            .into_iter()
+            .map(|b| RecordBatch::try_new(self.data_schema_nullable(), b.columns().to_vec()))
+            .collect::<std::result::Result<_, _>>()?;
+        let data = arrow_select::concat::concat_batches(&self.data_schema_nullable(), &good)?;
+        let corrupt: ArrayRef = Arc::new(corrupt.finish());
+        self.with_corrupt(data, Some(corrupt))
+    }
+
+    fn data_schema_nullable(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.data_schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+        ))
+    }
+
+    fn with_corrupt(&self, data: RecordBatch, corrupt: Option<ArrayRef>) -> Result<RecordBatch> {
+        let mut cols: Vec<ArrayRef> = data.columns().to_vec();
+        if let Some(i) = self.corrupt_column {
+            let c = corrupt.unwrap_or_else(|| new_null_array(&DataType::Utf8, data.num_rows()));
+            cols.insert(i, c);
+        }
+        let nullable = Arc::new(Schema::new(
+            self.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+        ));
+        let b = RecordBatch::try_new_with_options(nullable, cols, &arrow_array::RecordBatchOptions::new().with_row_count(Some(data.num_rows())))?;
+        project_to(&self.schema, &b).map_err(|m| self.err(m, ErrorKind::User))
+    }
+}
+
+fn skip_line(bytes: &[u8]) -> &[u8] {
+    match bytes.iter().position(|b| *b == b'\n') {
+        Some(i) => &bytes[i + 1..],
+        None => &[],
+    }
+}
+
+/// One row per line; `\r\n` and a final newline are handled like Spark's text source.
+fn text_batch(schema: &SchemaRef, bytes: &[u8]) -> Result<RecordBatch> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut b = StringBuilder::with_capacity(text.len() / 40 + 1, text.len());
+    for line in text.lines() {
+        b.append_value(line);
+    }
+    Ok(RecordBatch::try_new(schema.clone(), vec![Arc::new(b.finish())])?)
+}
+
+/// Reorders and casts `batch` to `schema` (by column name), so files with extra columns or
+/// compatible types still fit. Errors name the missing column.
+fn project_to(schema: &SchemaRef, batch: &RecordBatch) -> std::result::Result<RecordBatch, String> {
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let col = match batch.schema().index_of(f.name()) {
+            Ok(i) => batch.column(i).clone(),
+            Err(_) => new_null_array(f.data_type(), batch.num_rows()),
+        };
+        let col = if col.data_type() == f.data_type() {
+            col
+        } else {
+            arrow_cast::cast(&col, f.data_type()).map_err(|e| format!("column `{}`: {e}", f.name()))?
+        };
+        cols.push(col);
+    }
+    let relaxed = Arc::new(Schema::new(schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>()));
+    RecordBatch::try_new_with_options(relaxed, cols, &arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())))
+        .map_err(|e| e.to_string())
+}
+
+fn infer_parquet(dir: &Path) -> Result<SchemaRef> {
+    let first = list(dir)?.into_iter().next().ok_or_else(|| {
+        Error::config(format!(
+            "parquet source: no `schema` given and no file in {} to take it from; set `schema`",
+            dir.display()
+        ))
+    })?;
+    let file = std::fs::File::open(&first.1).map_err(io(&first.1))?;
+    let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::config(format!("parquet source: cannot read schema of {}: {e}", first.1.display())))?;
+    Ok(b.schema().clone())
+}
+
+#[async_trait::async_trait]
+impl Source for FileSource {
+    fn description(&self) -> String {
+        format!("FileStreamSource[{}]", self.dir.display())
+    }
+    fn schema(&self) -> SchemaRef {
+        // File sources are nullable, as Spark forces them to be.
+        Arc::new(Schema::new(self.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>()))
+    }
+    fn replayable(&self) -> bool {
+        true
+    }
+    async fn prepare_available_now(&mut self) -> Result<()> {
+        self.refresh().await?;
+        self.bound = Some(self.log.len() as u64);
+        Ok(())
+    }
+    async fn latest_offset(&mut self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>> {
+        if self.bound.is_none() {
+            self.refresh().await?;
+        }
+        let from = start.map(|o| o.as_u64("file source")).transpose()?.unwrap_or(0);
+        let mut end = self.bound.unwrap_or(self.log.len() as u64).min(self.log.len() as u64);
+        if let (ReadLimit::Default, Some(max)) = (limit, self.max_files) {
+            end = end.min(from + max as u64);
+        }
+        Ok((end > from).then(|| Offset::from_u64(end)))
+    }
+    async fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Partitioned> {
+        let from = start.map(|o| o.as_u64("file source")).transpose()?.unwrap_or(0) as usize;
+        let to = end.as_u64("file source")? as usize;
+        let files = self.log.get(from..to).ok_or_else(|| {
+            self.err(format!("offsets {from}..{to} are beyond the {} files seen", self.log.len()), ErrorKind::Internal)
+        })?;
+        let mut out = Vec::with_capacity(files.len());
+        for (i, path) in files.to_vec().iter().enumerate() {
+            let bytes = tokio::fs::read(path).await.map_err(io(path))?;
+            let batch = self.read_file(path, bytes)?;
+            out.push((i as u32, batch));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,110 @@
+//! The `rate` source: `rowsPerSecond` rows of `(timestamp, value)` a second, deterministic by
+//! offset (row `i` has value `i` and timestamp `start + i / rowsPerSecond`), so replayable.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow_array::{Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use super::{Offset, Partitioned, ReadLimit, Source};
+use crate::error::{Error, Result};
+use crate::options::Options;
+
+const C: &str = "rate source";
+
+pub(crate) struct RateSource {
+    rows_per_second: u64,
+    num_partitions: u32,
+    start_ms: Option<u64>,
+    /// For available-now: the row count fixed at start.
+    bound: Option<u64>,
+    schema: SchemaRef,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl RateSource {
+    pub(crate) fn try_new(options: &Options) -> Result<Self> {
+        options.check(C, &["rowsPerSecond", "numPartitions", "rampUpTime"])?;
+        let rows_per_second: u64 = options.parse_or(C, "rowsPerSecond", 1)?;
+        if rows_per_second == 0 {
+            return Err(options.invalid(C, "rowsPerSecond", "must be at least 1"));
+        }
+        let num_partitions: u32 = options.parse_or(C, "numPartitions", 1)?;
+        if num_partitions == 0 {
+            return Err(options.invalid(C, "numPartitions", "must be at least 1"));
+        }
+        if let Some(r) = options.get("rampUpTime") {
+            let d = crate::options::parse_duration(r).map_err(|e| options.invalid(C, "rampUpTime", &e))?;
+            if !d.is_zero() {
+                return Err(options.invalid(C, "rampUpTime", "only 0s is supported so far"));
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("timestamp", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new("value", DataType::Int64, false),
+        ]));
+        Ok(RateSource { rows_per_second, num_partitions, start_ms: None, bound: None, schema })
+    }
+
+    fn available(&self) -> u64 {
+        let start = self.start_ms.unwrap_or_else(now_ms);
+        let elapsed = now_ms().saturating_sub(start);
+        let rows = elapsed.saturating_mul(self.rows_per_second) / 1000;
+        self.bound.map_or(rows, |b| rows.min(b))
+    }
+}
+
+/// Rows `[from, to)` of a rate stream, split into `parts` contiguous partitions.
+pub(crate) fn generate(schema: &SchemaRef, start_ms: u64, rps: u64, from: u64, to: u64, parts: u32) -> Result<Partitioned> {
+    let n = to.saturating_sub(from);
+    let per = n.div_ceil(u64::from(parts.max(1))).max(1);
+    let mut out = Vec::new();
+    let mut lo = from;
+    let mut p = 0u32;
+    while lo < to {
+        let hi = (lo + per).min(to);
+        let values: Int64Array = (lo..hi).map(|i| i as i64).collect();
+        let ts: Vec<i64> = (lo..hi).map(|i| (start_ms as i64) * 1000 + ((i as i128 * 1_000_000) / rps as i128) as i64).collect();
+        let ts = TimestampMicrosecondArray::from(ts).with_timezone("UTC");
+        out.push((p, RecordBatch::try_new(schema.clone(), vec![Arc::new(ts), Arc::new(values)])?));
+        lo = hi;
+        p += 1;
+    }
+    Ok(out)
+}
+
+#[async_trait::async_trait]
+impl Source for RateSource {
+    fn description(&self) -> String {
+        format!("RateStreamV2[rowsPerSecond={}, numPartitions={}]", self.rows_per_second, self.num_partitions)
+    }
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn replayable(&self) -> bool {
+        true
+    }
+    async fn start(&mut self) -> Result<()> {
+        self.start_ms.get_or_insert_with(now_ms);
+        Ok(())
+    }
+    async fn prepare_available_now(&mut self) -> Result<()> {
+        self.bound = Some(self.available());
+        Ok(())
+    }
+    async fn latest_offset(&mut self, start: Option<&Offset>, _: ReadLimit) -> Result<Option<Offset>> {
+        let from = start.map(|o| o.as_u64(C)).transpose()?.unwrap_or(0);
+        let to = self.available();
+        Ok((to > from).then(|| Offset::from_u64(to)))
+    }
+    async fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Partitioned> {
+        let from = start.map(|o| o.as_u64(C)).transpose()?.unwrap_or(0);
+        let to = end.as_u64(C)?;
+        let start_ms = self.start_ms.ok_or_else(|| Error::Internal("rate source read before start".into()))?;
+        generate(&self.schema, start_ms, self.rows_per_second, from, to, self.num_partitions)
+    }
+}

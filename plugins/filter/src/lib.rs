@@ -1,0 +1,59 @@
+//! `filter`: keeps the rows whose integer column `column` (default `value`) satisfies
+//! `value % modulo == remainder` (defaults 2 and 0: the even rows). Vectorised over the column,
+//! as a plugin should be.
+
+use std::sync::Arc;
+
+use sluice_sdk::arrow_array::{Array, BooleanArray, Int64Array, RecordBatch};
+use sluice_sdk::arrow_schema::{DataType, Schema, SchemaRef};
+use sluice_sdk::{BatchContext, Config, Error, Transform, util};
+
+struct Filter {
+    column: String,
+    modulo: i64,
+    remainder: i64,
+}
+
+fn parse(config: &Config, key: &str, default: i64) -> Result<i64, Error> {
+    config
+        .get_or(key, &default.to_string())
+        .parse()
+        .map_err(|e| Error::InvalidConfig(format!("`{key}` must be an integer: {e}")))
+}
+
+impl Transform for Filter {
+    fn init(config: Config) -> Result<Self, Error> {
+        config.check_keys(&["column", "modulo", "remainder"])?;
+        let modulo = parse(&config, "modulo", 2)?;
+        if modulo == 0 {
+            return Err(Error::InvalidConfig("`modulo` must not be 0".into()));
+        }
+        Ok(Filter { column: config.get_or("column", "value").to_string(), modulo, remainder: parse(&config, "remainder", 0)? })
+    }
+
+    fn output_schema(&self, input: &Schema) -> Result<SchemaRef, Error> {
+        let i = util::column_index(input, &self.column)?;
+        if input.field(i).data_type() != &DataType::Int64 {
+            return Err(Error::InvalidInput(format!("column `{}` must be BIGINT", self.column)));
+        }
+        Ok(Arc::new(input.clone()))
+    }
+
+    fn process(&mut self, _ctx: &BatchContext, input: RecordBatch) -> Result<RecordBatch, Error> {
+        let i = util::column_index(&input.schema(), &self.column)?;
+        let col = input
+            .column(i)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| Error::InvalidInput(format!("column `{}` must be BIGINT", self.column)))?;
+        let (m, r) = (self.modulo, self.remainder);
+        let keep: BooleanArray = if col.null_count() == 0 {
+            col.values().iter().map(|v| Some(v % m == r)).collect()
+        } else {
+            col.iter().map(|v| Some(v.is_some_and(|v| v % m == r))).collect()
+        };
+        Ok(sluice_sdk::arrow_select::filter::filter_record_batch(&input, &keep)?)
+    }
+}
+
+sluice_sdk::export_transform!(Filter);
