@@ -22,7 +22,8 @@ use crate::{OutputMode, Session, Trigger};
 const VOCABULARY: usize = 5000;
 
 fn word(i: u64) -> String {
-    const SYL: [&str; 16] = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ba", "de", "fi", "go", "hu", "ja", "ke", "zu"];
+    const SYL: [&str; 16] =
+        ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ba", "de", "fi", "go", "hu", "ja", "ke", "zu"];
     let mut s = String::new();
     let mut x = i;
     loop {
@@ -156,7 +157,8 @@ pub async fn run(lines: usize, plugins: &Path, dir: &Path) -> Result<()> {
     println!("\n## Word count ({lines} lines, {mb:.1} MB, 20 files, maxFilesPerTrigger=4, {cores} cores)\n");
     println!("| pipeline | time | lines/s | MB/s | distinct words |");
     println!("|---|---|---|---|---|");
-    for (name, plugin) in [("(a) split_words plugin + SQL count", Some(split_words.as_path())), ("(b) pure SQL", None)] {
+    for (name, plugin) in [("(a) split_words plugin + SQL count", Some(split_words.as_path())), ("(b) pure SQL", None)]
+    {
         let mut runs = Vec::new();
         for _ in 0..3 {
             runs.push(wordcount(&session, dir, plugin).await?);
@@ -189,7 +191,10 @@ pub async fn run(lines: usize, plugins: &Path, dir: &Path) -> Result<()> {
         q.await_termination().await?;
         startup = startup.min(t.elapsed());
     }
-    println!("\nStart-up, cached plugin: `start()` to first batch committed: **{:.1} ms** (best of 5)", startup.as_secs_f64() * 1e3);
+    println!(
+        "\nStart-up, cached plugin: `start()` to first batch committed: **{:.1} ms** (best of 5)",
+        startup.as_secs_f64() * 1e3
+    );
 
     // Boundary cost per call.
     let runtime = PluginRuntime::try_new(&default_cache_dir())?;

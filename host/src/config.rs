@@ -172,11 +172,7 @@ fn scalar(v: &toml::Value) -> Option<String> {
     }
 }
 
-fn options(
-    loc: &Locator<'_>,
-    raw: BTreeMap<String, Spanned<toml::Value>>,
-    at: Option<String>,
-) -> Result<Options> {
+fn options(loc: &Locator<'_>, raw: BTreeMap<String, Spanned<toml::Value>>, at: Option<String>) -> Result<Options> {
     let mut o = Options::default();
     o.set_location(at);
     for (k, v) in raw {
@@ -268,7 +264,9 @@ impl PipelineSpec {
                 _ => {
                     return Err(Error::Config {
                         location: at,
-                        message: format!("transform {i} needs exactly one of `plugin` (a .wasm path) or `sql` (a query over `input`)"),
+                        message: format!(
+                            "transform {i} needs exactly one of `plugin` (a .wasm path) or `sql` (a query over `input`)"
+                        ),
                     });
                 }
             };
@@ -279,10 +277,10 @@ impl PipelineSpec {
         let sk = raw.sink.into_inner();
         let output_mode = match &sk.output_mode {
             None => OutputMode::Append,
-            Some(m) => m.get_ref().parse().map_err(|message: String| Error::Config {
-                location: Some(loc.at(m.span().start)),
-                message,
-            })?,
+            Some(m) => m
+                .get_ref()
+                .parse()
+                .map_err(|message: String| Error::Config { location: Some(loc.at(m.span().start)), message })?,
         };
         let sink = SinkSpec {
             format: sk.format.get_ref().trim().to_ascii_lowercase(),
@@ -314,7 +312,8 @@ impl PipelineSpec {
                 if let Some(c) = &t.continuous {
                     return Err(Error::Config {
                         location: Some(loc.at(c.span().start)),
-                        message: "trigger.continuous is not supported yet; use processing_time, available_now or once".into(),
+                        message: "trigger.continuous is not supported yet; use processing_time, available_now or once"
+                            .into(),
                     });
                 }
                 match chosen.len() {

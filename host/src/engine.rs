@@ -31,8 +31,8 @@ pub(crate) mod progress;
 pub(crate) mod query;
 
 use progress::{PluginProgress, SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress};
-pub use query::StreamingQuery;
 use query::Shared;
+pub use query::StreamingQuery;
 
 /// Where offsets and commits are logged. The in-memory log of this build keeps the protocol's
 /// order of writes; the durable checkpoint implements the same two calls.
@@ -104,9 +104,6 @@ impl Query {
             ));
         }
         let source = crate::source::build(&spec.source)?;
-        if !source.replayable() {
-            tracing::warn!(source = %source.description(), "the source is not replayable: data received but not yet committed is lost if the process dies");
-        }
         let mode = spec.sink.output_mode;
         let mut schema = source.schema();
         let mut steps = Vec::new();
@@ -123,7 +120,11 @@ impl Query {
                         instances.push(Some(inst));
                     }
                     let out = out.ok_or_else(|| Error::Internal("no plugin instance".into()))?;
-                    steps.push(Step::Plugin(PluginStep { name: name.clone(), instances, input_schema: schema.clone() }));
+                    steps.push(Step::Plugin(PluginStep {
+                        name: name.clone(),
+                        instances,
+                        input_schema: schema.clone(),
+                    }));
                     schema = out;
                 }
                 TransformSpec::Sql { query } => {
@@ -132,7 +133,9 @@ impl Query {
                         if let Some(first) = stateful {
                             return Err(Error::Unsupported {
                                 step: i,
-                                message: format!("step {first} already aggregates; chaining aggregations needs append mode with watermarks, which this build does not have yet"),
+                                message: format!(
+                                    "step {first} already aggregates; chaining aggregations needs append mode with watermarks, which this build does not have yet"
+                                ),
                             });
                         }
                         stateful = Some(i);
@@ -153,7 +156,9 @@ impl Query {
             (Some(i), OutputMode::Append) => {
                 return Err(Error::OutputMode {
                     mode: mode.to_string(),
-                    reason: format!("for the streaming aggregation in step {i} without a watermark (its rows can change with every batch)"),
+                    reason: format!(
+                        "for the streaming aggregation in step {i} without a watermark (its rows can change with every batch)"
+                    ),
                     allowed: vec!["update".into(), "complete".into()],
                 });
             }
@@ -194,7 +199,9 @@ impl PluginStep {
             if batches.is_empty() {
                 continue;
             }
-            let mut inst = self.instances[slot].take().ok_or_else(|| Error::Internal(format!("plugin `{}` instance {slot} missing", self.name)))?;
+            let mut inst = self.instances[slot]
+                .take()
+                .ok_or_else(|| Error::Internal(format!("plugin `{}` instance {slot} missing", self.name)))?;
             let schema = self.input_schema.clone();
             let ctx = CallContext { partition: slot as u32, ..ctx };
             calls += 1;
@@ -240,6 +247,9 @@ impl PluginStep {
 pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationToken) -> Result<()> {
     let mut log = MemoryLog::default();
     shared.set_status("Initializing sources", false, false);
+    if !q.source.replayable() {
+        tracing::warn!(source = %q.source.description(), "the source is not replayable: data received but not yet committed is lost if the process dies");
+    }
     q.source.start().await?;
     if q.trigger.is_bounded() {
         q.source.prepare_available_now().await?;

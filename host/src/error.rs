@@ -63,7 +63,11 @@ pub enum Error {
 
     /// A SQL step failed to plan or run.
     #[error("SQL step {step}: {source}")]
-    Sql { step: usize, #[source] source: datafusion::error::DataFusionError },
+    Sql {
+        step: usize,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
 
     /// A SQL query uses something a stream cannot do.
     #[error("SQL step {step}: {message}")]
@@ -95,7 +99,11 @@ pub enum Error {
 
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     /// Arrow failed (bad IPC, schema mismatch).
     #[error(transparent)]

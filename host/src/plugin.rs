@@ -114,7 +114,8 @@ impl PluginRuntime {
         let engine = Engine::new(&config).map_err(|e| Error::Internal(format!("wasm engine: {e}")))?;
 
         let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| Error::Internal(format!("linking WASI: {e}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| Error::Internal(format!("linking WASI: {e}")))?;
         bindings::Transform::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| Error::Internal(format!("linking sluice:plugin: {e}")))?;
 
@@ -149,12 +150,9 @@ impl PluginRuntime {
             .await
             .map_err(|e| load_err(name, path, e))?
             .map_err(|e| load_err(&n, &p, format!("not a valid sluice:plugin component: {e:#}")))?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .and_then(bindings::TransformPre::new)
-            .map_err(|e| load_err(name, path, format!("does not match the `transform` world of sluice:plugin@0.1.0: {e:#}")))?;
+        let pre = self.inner.linker.instantiate_pre(&component).and_then(bindings::TransformPre::new).map_err(|e| {
+            load_err(name, path, format!("does not match the `transform` world of sluice:plugin@0.1.0: {e:#}"))
+        })?;
         tracing::debug!(plugin = name, elapsed_ms = started.elapsed().as_millis() as u64, "component loaded");
         Ok(PluginComponent { runtime: self.clone(), name: name.to_string(), path: path.to_path_buf(), pre })
     }
@@ -191,7 +189,10 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.cap {
             self.hit = Some(desired);
-            return Err(wasmtime::format_err!("memory limit: growing to {desired} bytes exceeds the cap of {} bytes", self.cap));
+            return Err(wasmtime::format_err!(
+                "memory limit: growing to {desired} bytes exceeds the cap of {} bytes",
+                self.cap
+            ));
         }
         self.peak = self.peak.max(desired);
         Ok(true)
@@ -250,7 +251,11 @@ pub(crate) struct PluginInstance {
 
 impl PluginComponent {
     /// A new instance, initialised with `config`.
-    pub(crate) async fn instantiate(&self, config: &[(String, String)], limits: PluginLimits) -> Result<PluginInstance> {
+    pub(crate) async fn instantiate(
+        &self,
+        config: &[(String, String)],
+        limits: PluginLimits,
+    ) -> Result<PluginInstance> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = wasmtime_wasi::WasiCtxBuilder::new().stderr(stderr.clone()).stdout(stderr.clone()).build();
         let state = HostState {
@@ -290,14 +295,13 @@ impl PluginComponent {
             busy: Duration::ZERO,
         };
         let cfg = config.to_vec();
-        instance
-            .call("init", None, |b, s| Box::pin(async move { b.call_init(s, &cfg).await }))
-            .await?;
+        instance.call("init", None, |b, s| Box::pin(async move { b.call_init(s, &cfg).await })).await?;
         Ok(instance)
     }
 }
 
-type CallFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<Result<T, wit::PluginError>>> + Send + 'a>>;
+type CallFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<Result<T, wit::PluginError>>> + Send + 'a>>;
 
 impl PluginInstance {
     /// Peak linear memory of this instance, in bytes.
@@ -364,7 +368,16 @@ impl PluginInstance {
                 }
                 let stderr = self.stderr.contents();
                 let stderr = String::from_utf8_lossy(&stderr);
-                let tail: String = stderr.trim().lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                let tail: String = stderr
+                    .trim()
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
                 let root = trap.root_cause().to_string();
                 let message = if tail.is_empty() { root } else { format!("{root}; plugin stderr: {tail}") };
                 Err(Error::PluginTrap { plugin, call, batch, message })
@@ -389,7 +402,12 @@ impl PluginInstance {
     }
 
     /// Transforms `input`; the output is checked against the declared output schema.
-    pub(crate) async fn process(&mut self, ctx: CallContext, input: &[RecordBatch], schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    pub(crate) async fn process(
+        &mut self,
+        ctx: CallContext,
+        input: &[RecordBatch],
+        schema: &SchemaRef,
+    ) -> Result<Vec<RecordBatch>> {
         let ipc = encode_ipc(schema, input)?;
         let wctx = wit::BatchContext {
             batch_id: ctx.batch_id,
@@ -400,7 +418,12 @@ impl PluginInstance {
         let bytes = self
             .call("process", Some(ctx.batch_id), |b, s| Box::pin(async move { b.call_process(s, wctx, &ipc).await }))
             .await?;
-        let contract = |message: String| Error::Plugin { plugin: self.name.clone(), call: "process", batch: Some(ctx.batch_id), message };
+        let contract = |message: String| Error::Plugin {
+            plugin: self.name.clone(),
+            call: "process",
+            batch: Some(ctx.batch_id),
+            message,
+        };
         let (got, batches) = decode_ipc(&bytes).map_err(|e| contract(format!("returned invalid Arrow IPC: {e}")))?;
         if let Some(expected) = &self.output_schema {
             if !same_fields(expected, &got) {

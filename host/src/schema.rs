@@ -6,7 +6,8 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::error::{Error, Result};
 
-const TYPES: &str = "STRING, BINARY, BOOLEAN, TINYINT, SMALLINT, INT, BIGINT, FLOAT, DOUBLE, DECIMAL(p,s), DATE, TIMESTAMP";
+const TYPES: &str =
+    "STRING, BINARY, BOOLEAN, TINYINT, SMALLINT, INT, BIGINT, FLOAT, DOUBLE, DECIMAL(p,s), DATE, TIMESTAMP";
 
 fn parse_type(t: &str) -> Option<DataType> {
     let upper = t.trim().to_ascii_uppercase();
@@ -69,8 +70,9 @@ pub fn parse_ddl(ddl: &str) -> Result<SchemaRef> {
         if ty.is_empty() {
             return Err(Error::config(format!("schema: column `{name}` has no type; expected `name TYPE`")));
         }
-        let dt = parse_type(ty)
-            .ok_or_else(|| Error::config(format!("schema: unknown type `{ty}` for column `{name}`; valid types: {TYPES}")))?;
+        let dt = parse_type(ty).ok_or_else(|| {
+            Error::config(format!("schema: unknown type `{ty}` for column `{name}`; valid types: {TYPES}"))
+        })?;
         fields.push(Field::new(name, dt, nullable));
     }
     if fields.is_empty() {

@@ -37,7 +37,13 @@ impl Session {
 
     /// Starts describing a streaming source.
     pub fn read_stream(&self) -> DataStreamReader {
-        DataStreamReader { session: self.clone(), format: String::new(), options: Options::default(), schema: None, path: None }
+        DataStreamReader {
+            session: self.clone(),
+            format: String::new(),
+            options: Options::default(),
+            schema: None,
+            path: None,
+        }
     }
 
     /// The rows a `memory` sink has written to table `name` (the query's name).
@@ -88,7 +94,13 @@ impl DataStreamReader {
     pub fn load(self) -> StreamingDataFrame {
         StreamingDataFrame {
             session: self.session,
-            source: SourceSpec { format: self.format, options: self.options, path: self.path, schema: self.schema, location: None },
+            source: SourceSpec {
+                format: self.format,
+                options: self.options,
+                path: self.path,
+                schema: self.schema,
+                location: None,
+            },
             transforms: Vec::new(),
         }
     }
@@ -115,7 +127,11 @@ impl StreamingDataFrame {
     }
 
     /// Adds a Wasm plugin step with default limits.
-    pub fn plugin<K: ToString, V: ToString>(self, path: impl Into<PathBuf>, config: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn plugin<K: ToString, V: ToString>(
+        self,
+        path: impl Into<PathBuf>,
+        config: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
         self.plugin_with_limits(path, config, PluginLimits::default())
     }
 
@@ -204,7 +220,13 @@ impl DataStreamWriter {
             checkpoint_location: self.checkpoint,
             source: self.df.source,
             transforms: self.df.transforms,
-            sink: SinkSpec { format: self.format, output_mode: self.mode, options: self.options, path: self.path, location: None },
+            sink: SinkSpec {
+                format: self.format,
+                output_mode: self.mode,
+                options: self.options,
+                path: self.path,
+                location: None,
+            },
             trigger: self.trigger,
         };
         (self.df.session, spec)

@@ -58,7 +58,13 @@ pub(crate) trait Sink: Send {
     /// For progress (`sink.description`).
     fn description(&self) -> String;
     /// Writes batch `batch_id`.
-    async fn add_batch(&mut self, batch_id: u64, schema: &SchemaRef, data: Vec<RecordBatch>, mode: OutputMode) -> Result<()>;
+    async fn add_batch(
+        &mut self,
+        batch_id: u64,
+        schema: &SchemaRef,
+        data: Vec<RecordBatch>,
+        mode: OutputMode,
+    ) -> Result<()>;
 }
 
 /// Sink formats known to this build.
@@ -67,8 +73,7 @@ pub(crate) const SINK_FORMATS: &[&str] = &["console", "memory", "noop"];
 /// Builds the sink a spec names, checking its options and output mode.
 pub(crate) fn build(spec: &SinkSpec, query_name: Option<&str>, tables: &MemoryTables) -> Result<Box<dyn Sink>> {
     let modes: &[OutputMode] = match spec.format.as_str() {
-        "console" | "noop" => &[OutputMode::Append, OutputMode::Update, OutputMode::Complete],
-        "memory" => &[OutputMode::Append, OutputMode::Complete],
+        "console" | "noop" | "memory" => &[OutputMode::Append, OutputMode::Update, OutputMode::Complete],
         other => {
             return Err(Error::Config {
                 location: spec.location.clone(),

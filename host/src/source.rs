@@ -98,7 +98,9 @@ pub(crate) fn build(spec: &SourceSpec) -> Result<Box<dyn Source>> {
             no_path("rate")?;
             Ok(Box::new(rate::RateSource::try_new(&spec.options)?))
         }
-        "text" | "json" | "csv" | "parquet" => Ok(Box::new(file::FileSource::try_new(spec).map_err(|e| e.at(loc.clone()))?)),
+        "text" | "json" | "csv" | "parquet" => {
+            Ok(Box::new(file::FileSource::try_new(spec).map_err(|e| e.at(loc.clone()))?))
+        }
         other => Err(Error::Config {
             location: loc,
             message: format!("unknown source format `{other}`; valid formats: {}", SOURCE_FORMATS.join(", ")),

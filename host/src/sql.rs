@@ -120,16 +120,10 @@ fn new_context() -> SessionContext {
     config.options_mut().sql_parser.dialect = Dialect::MySQL;
     // The single-distinct rewrite turns count(DISTINCT x) into two aggregations; the
     // incremental aggregator handles distinct accumulators directly, so keep it as one.
-    let rules = Optimizer::new()
-        .rules
-        .into_iter()
-        .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
-        .collect();
-    let state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_default_features()
-        .with_optimizer_rules(rules)
-        .build();
+    let rules =
+        Optimizer::new().rules.into_iter().filter(|r| r.name() != "single_distinct_aggregation_to_group_by").collect();
+    let state =
+        SessionStateBuilder::new().with_config(config).with_default_features().with_optimizer_rules(rules).build();
     let ctx = SessionContext::new_with_state(state);
     functions::register(&ctx);
     ctx
@@ -328,7 +322,8 @@ impl Aggregator {
             let lowered = LoweredAggregateBuilder::new(e, below_df, &below_arrow, &props, &pctx).build()?;
             aggs.push((lowered.aggregate, lowered.filter));
         }
-        let accumulators = aggs.iter().map(|(f, _)| group_accumulator(f)).collect::<datafusion::error::Result<Vec<_>>>()?;
+        let accumulators =
+            aggs.iter().map(|(f, _)| group_accumulator(f)).collect::<datafusion::error::Result<Vec<_>>>()?;
 
         // The aggregate's output, as a table with plain column names...
         let agg_df = agg.schema.clone();
@@ -350,11 +345,16 @@ impl Aggregator {
                 Expr::Column(Column::new(Some(AGG_TABLE), format!("f{i}"))).alias_qualified(q.cloned(), f.name())
             })
             .collect();
-        let replacement = LogicalPlanBuilder::scan(AGG_TABLE, provider_as_source(table), None)?.project(exprs)?.build()?;
+        let replacement =
+            LogicalPlanBuilder::scan(AGG_TABLE, provider_as_source(table), None)?.project(exprs)?.build()?;
         let above = plan
             .clone()
             .transform_up(|n| {
-                Ok(if matches!(n, LogicalPlan::Aggregate(_)) { Transformed::yes(replacement.clone()) } else { Transformed::no(n) })
+                Ok(if matches!(n, LogicalPlan::Aggregate(_)) {
+                    Transformed::yes(replacement.clone())
+                } else {
+                    Transformed::no(n)
+                })
             })?
             .data;
 
@@ -388,7 +388,11 @@ impl Aggregator {
         let mut idx: Vec<usize> = Vec::with_capacity(n);
         match (&self.converter, &mut self.keys) {
             (Some(conv), Some(keys)) => {
-                let cols = self.group_exprs.iter().map(|e| e.evaluate(batch)?.into_array(n)).collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
+                let cols = self
+                    .group_exprs
+                    .iter()
+                    .map(|e| e.evaluate(batch)?.into_array(n))
+                    .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
                 let rows = conv.convert_columns(&cols)?;
                 for row in rows.iter() {
                     let g = match self.groups.get(row.as_ref()) {
@@ -417,7 +421,11 @@ impl Aggregator {
             }
         }
         for ((agg, filter), acc) in self.aggs.iter().zip(self.accumulators.iter_mut()) {
-            let values = agg.expressions().iter().map(|e| e.evaluate(batch)?.into_array(n)).collect::<datafusion::error::Result<Vec<_>>>()?;
+            let values = agg
+                .expressions()
+                .iter()
+                .map(|e| e.evaluate(batch)?.into_array(n))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
             let filter = match filter {
                 Some(f) => {
                     let a = f.evaluate(batch)?.into_array(n)?;

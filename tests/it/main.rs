@@ -84,8 +84,22 @@ pub fn expected_counts<'a>(lines: impl IntoIterator<Item = &'a str>) -> HashMap<
 /// Deterministic pseudo-random text.
 pub fn gen_lines(n: usize, seed: u64) -> Vec<String> {
     const WORDS: [&str; 16] = [
-        "spark", "stream", "wasm", "arrow", "batch", "offset", "state", "sink", "source", "plugin", "query", "window",
-        "watermark", "kafka", "delta", "rust",
+        "spark",
+        "stream",
+        "wasm",
+        "arrow",
+        "batch",
+        "offset",
+        "state",
+        "sink",
+        "source",
+        "plugin",
+        "query",
+        "window",
+        "watermark",
+        "kafka",
+        "delta",
+        "rust",
     ];
     let mut x = seed.wrapping_mul(2862933555777941757).wrapping_add(3037000493);
     (0..n)

@@ -36,7 +36,8 @@ async fn json_query(tag: &str, mode: &str, schema: &str) -> (sluice::Session, sl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_permissive_keeps_malformed_rows_in_the_corrupt_column() {
-    let (s, q) = json_query("json_perm", "PERMISSIVE", "user STRING, amount BIGINT, kind STRING, _corrupt_record STRING").await;
+    let (s, q) =
+        json_query("json_perm", "PERMISSIVE", "user STRING, amount BIGINT, kind STRING, _corrupt_record STRING").await;
     q.await_termination().await.expect("ok");
     let (_, rows) = s.memory_table("json_perm").expect("table");
     assert_eq!(total_rows(&rows), 5);
@@ -102,7 +103,10 @@ async fn json_parse_plugin_turns_strings_into_typed_columns() {
         .read_stream()
         .format("text")
         .load_path(&dir)
-        .plugin(plugin("json_parse"), [("schema", "user STRING, amount BIGINT, kind STRING"), ("mode", "DROPMALFORMED")])
+        .plugin(
+            plugin("json_parse"),
+            [("schema", "user STRING, amount BIGINT, kind STRING"), ("mode", "DROPMALFORMED")],
+        )
         .sql("SELECT kind, sum(amount) AS total FROM input GROUP BY kind")
         .write_stream()
         .format("memory")

@@ -48,7 +48,9 @@ processing_time = "500ms"
 
 #[test]
 fn unknown_keys_name_the_line_and_the_choices() {
-    let e = parse("[source]\nformat = \"rate\"\n[sink]\nformat = \"console\"\nmode = \"complete\"\n").unwrap_err().to_string();
+    let e = parse("[source]\nformat = \"rate\"\n[sink]\nformat = \"console\"\nmode = \"complete\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("p.toml:5:"), "{e}");
     assert!(e.contains("`mode`") && e.contains("output_mode"), "{e}");
 }
@@ -59,9 +61,11 @@ fn bad_durations_and_triggers_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("p.toml:6:") && e.contains("soon"), "{e}");
-    let e = parse("[source]\nformat = \"rate\"\n[sink]\nformat = \"console\"\n[trigger]\nonce = true\navailable_now = true\n")
-        .unwrap_err()
-        .to_string();
+    let e = parse(
+        "[source]\nformat = \"rate\"\n[sink]\nformat = \"console\"\n[trigger]\nonce = true\navailable_now = true\n",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("one of"), "{e}");
 }
 

@@ -19,18 +19,29 @@ impl ConsoleSink {
     pub(crate) fn try_new(options: &Options) -> Result<Self> {
         const C: &str = "console sink";
         options.check(C, &["numRows", "truncate"])?;
-        Ok(ConsoleSink { num_rows: options.parse_or(C, "numRows", 20)?, truncate: options.bool_or(C, "truncate", true)? })
+        Ok(ConsoleSink {
+            num_rows: options.parse_or(C, "numRows", 20)?,
+            truncate: options.bool_or(C, "truncate", true)?,
+        })
     }
 }
 
 /// Renders the first `num_rows` rows like Spark's `show()`.
-pub(crate) fn render(batch_id: u64, schema: &SchemaRef, data: &[RecordBatch], num_rows: usize, truncate: bool) -> Result<String> {
+pub(crate) fn render(
+    batch_id: u64,
+    schema: &SchemaRef,
+    data: &[RecordBatch],
+    num_rows: usize,
+    truncate: bool,
+) -> Result<String> {
     let total: usize = data.iter().map(RecordBatch::num_rows).sum();
     let all = arrow_select::concat::concat_batches(schema, data)?;
     let shown = all.slice(0, num_rows.min(total));
     let shown = if truncate { truncate_strings(&shown)? } else { shown };
     let table = arrow_cast::pretty::pretty_format_batches(&[shown])?;
-    let mut out = format!("-------------------------------------------\nBatch: {batch_id}\n-------------------------------------------\n{table}\n");
+    let mut out = format!(
+        "-------------------------------------------\nBatch: {batch_id}\n-------------------------------------------\n{table}\n"
+    );
     if total > num_rows {
         out.push_str(&format!("only showing top {num_rows} row{}\n", if num_rows == 1 { "" } else { "s" }));
     }
@@ -51,7 +62,11 @@ fn truncate_strings(batch: &RecordBatch) -> Result<RecordBatch> {
                 .iter()
                 .map(|v| {
                     v.map(|v| {
-                        if v.chars().count() > 20 { format!("{}...", v.chars().take(17).collect::<String>()) } else { v.to_string() }
+                        if v.chars().count() > 20 {
+                            format!("{}...", v.chars().take(17).collect::<String>())
+                        } else {
+                            v.to_string()
+                        }
                     })
                 })
                 .collect();
@@ -74,7 +89,13 @@ impl Sink for ConsoleSink {
         "ConsoleSink".into()
     }
 
-    async fn add_batch(&mut self, batch_id: u64, schema: &SchemaRef, data: Vec<RecordBatch>, _: OutputMode) -> Result<()> {
+    async fn add_batch(
+        &mut self,
+        batch_id: u64,
+        schema: &SchemaRef,
+        data: Vec<RecordBatch>,
+        _: OutputMode,
+    ) -> Result<()> {
         let text = render(batch_id, schema, &data, self.num_rows, self.truncate)?;
         let mut out = std::io::stdout().lock();
         out.write_all(text.as_bytes())

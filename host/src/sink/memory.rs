@@ -1,5 +1,7 @@
 //! The `memory` sink: collects output into a named in-memory table that the Rust API and tests
-//! can read (Spark's `format("memory").queryName("t")`). Append adds rows; complete replaces.
+//! can read (Spark's `format("memory").queryName("t")`). Append adds rows; complete replaces
+//! them; update (a Sluice extension: Spark allows append and complete only) appends each batch's
+//! changed rows, so the last row per key is its current value.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -160,7 +160,13 @@ impl FileSource {
             }
         }
         let data_schema = Arc::new(Schema::new(
-            schema.fields().iter().enumerate().filter(|(i, _)| Some(*i) != corrupt_column).map(|(_, f)| f.clone()).collect::<Vec<_>>(),
+            schema
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != corrupt_column)
+                .map(|(_, f)| f.clone())
+                .collect::<Vec<_>>(),
         ));
         Ok(FileSource {
             format,
@@ -203,13 +209,17 @@ impl FileSource {
         let data = match self.format {
             Format::Text => return text_batch(&self.schema, &bytes),
             Format::Parquet => {
-                let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-                    .and_then(|b| b.build())
-                    .map_err(|e| self.err(format!("{}: {e}", path.display()), ErrorKind::User))?;
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+                        .and_then(|b| b.build())
+                        .map_err(|e| self.err(format!("{}: {e}", path.display()), ErrorKind::User))?;
                 let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
                 let mut out = Vec::new();
                 for b in batches {
-                    out.push(project_to(&self.schema, &b).map_err(|m| self.err(format!("{}: {m}", path.display()), ErrorKind::User))?);
+                    out.push(
+                        project_to(&self.schema, &b)
+                            .map_err(|m| self.err(format!("{}: {m}", path.display()), ErrorKind::User))?,
+                    );
                 }
                 return Ok(arrow_select::concat::concat_batches(&self.schema, &out)?);
             }
@@ -318,7 +328,11 @@ impl FileSource {
         let nullable = Arc::new(Schema::new(
             self.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
         ));
-        let b = RecordBatch::try_new_with_options(nullable, cols, &arrow_array::RecordBatchOptions::new().with_row_count(Some(data.num_rows())))?;
+        let b = RecordBatch::try_new_with_options(
+            nullable,
+            cols,
+            &arrow_array::RecordBatchOptions::new().with_row_count(Some(data.num_rows())),
+        )?;
         project_to(&self.schema, &b).map_err(|m| self.err(m, ErrorKind::User))
     }
 }
@@ -356,9 +370,15 @@ fn project_to(schema: &SchemaRef, batch: &RecordBatch) -> std::result::Result<Re
         };
         cols.push(col);
     }
-    let relaxed = Arc::new(Schema::new(schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>()));
-    RecordBatch::try_new_with_options(relaxed, cols, &arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())))
-        .map_err(|e| e.to_string())
+    let relaxed = Arc::new(Schema::new(
+        schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+    ));
+    RecordBatch::try_new_with_options(
+        relaxed,
+        cols,
+        &arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn infer_parquet(dir: &Path) -> Result<SchemaRef> {
@@ -381,7 +401,9 @@ impl Source for FileSource {
     }
     fn schema(&self) -> SchemaRef {
         // File sources are nullable, as Spark forces them to be.
-        Arc::new(Schema::new(self.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>()))
+        Arc::new(Schema::new(
+            self.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+        ))
     }
     fn replayable(&self) -> bool {
         true

@@ -59,7 +59,14 @@ impl RateSource {
 }
 
 /// Rows `[from, to)` of a rate stream, split into `parts` contiguous partitions.
-pub(crate) fn generate(schema: &SchemaRef, start_ms: u64, rps: u64, from: u64, to: u64, parts: u32) -> Result<Partitioned> {
+pub(crate) fn generate(
+    schema: &SchemaRef,
+    start_ms: u64,
+    rps: u64,
+    from: u64,
+    to: u64,
+    parts: u32,
+) -> Result<Partitioned> {
     let n = to.saturating_sub(from);
     let per = n.div_ceil(u64::from(parts.max(1))).max(1);
     let mut out = Vec::new();
@@ -68,7 +75,8 @@ pub(crate) fn generate(schema: &SchemaRef, start_ms: u64, rps: u64, from: u64, t
     while lo < to {
         let hi = (lo + per).min(to);
         let values: Int64Array = (lo..hi).map(|i| i as i64).collect();
-        let ts: Vec<i64> = (lo..hi).map(|i| (start_ms as i64) * 1000 + ((i as i128 * 1_000_000) / rps as i128) as i64).collect();
+        let ts: Vec<i64> =
+            (lo..hi).map(|i| (start_ms as i64) * 1000 + ((i as i128 * 1_000_000) / rps as i128) as i64).collect();
         let ts = TimestampMicrosecondArray::from(ts).with_timezone("UTC");
         out.push((p, RecordBatch::try_new(schema.clone(), vec![Arc::new(ts), Arc::new(values)])?));
         lo = hi;

@@ -115,7 +115,10 @@ impl Source for SocketSource {
     async fn start(&mut self) -> Result<()> {
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| {
             self.err(
-                format!("cannot connect to {}:{}: {e} (is a server listening? try `nc -lk {}`)", self.host, self.port, self.port),
+                format!(
+                    "cannot connect to {}:{}: {e} (is a server listening? try `nc -lk {}`)",
+                    self.host, self.port, self.port
+                ),
                 ErrorKind::External,
             )
         })?;

@@ -72,8 +72,9 @@ impl ScalarUDFImpl for SplitUdf {
             None => -1,
             _ => return exec_err!("split: the limit must be a constant integer"),
         };
-        let re = regex::Regex::new(&pattern)
-            .map_err(|e| datafusion::error::DataFusionError::Execution(format!("split: bad pattern {pattern:?}: {e}")))?;
+        let re = regex::Regex::new(&pattern).map_err(|e| {
+            datafusion::error::DataFusionError::Execution(format!("split: bad pattern {pattern:?}: {e}"))
+        })?;
         let input = args.args[0].to_array(n)?;
         let mut out = ListBuilder::new(StringBuilder::new());
         for v in strings(&input)? {

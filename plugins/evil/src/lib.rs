@@ -23,15 +23,9 @@ impl Transform for Evil {
         let mode = config.require("mode")?.to_string();
         const MODES: [&str; 6] = ["panic", "loop", "alloc", "wrong_schema", "error", "none"];
         if !MODES.contains(&mode.as_str()) {
-            return Err(Error::InvalidConfig(format!(
-                "`mode` must be one of {}, got {mode:?}",
-                MODES.join(", ")
-            )));
+            return Err(Error::InvalidConfig(format!("`mode` must be one of {}, got {mode:?}", MODES.join(", "))));
         }
-        let after = config
-            .get_or("after", "0")
-            .parse()
-            .map_err(|e| Error::InvalidConfig(format!("`after`: {e}")))?;
+        let after = config.get_or("after", "0").parse().map_err(|e| Error::InvalidConfig(format!("`after`: {e}")))?;
         Ok(Evil { mode, after, seen: 0, hoard: Vec::new() })
     }
 

@@ -28,7 +28,11 @@ impl Transform for Filter {
         if modulo == 0 {
             return Err(Error::InvalidConfig("`modulo` must not be 0".into()));
         }
-        Ok(Filter { column: config.get_or("column", "value").to_string(), modulo, remainder: parse(&config, "remainder", 0)? })
+        Ok(Filter {
+            column: config.get_or("column", "value").to_string(),
+            modulo,
+            remainder: parse(&config, "remainder", 0)?,
+        })
     }
 
     fn output_schema(&self, input: &Schema) -> Result<SchemaRef, Error> {

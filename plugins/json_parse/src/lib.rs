@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use sluice_sdk::arrow_array::builder::StringBuilder;
 use sluice_sdk::arrow_array::{
-    Array, ArrayRef, BinaryArray, LargeBinaryArray, LargeStringArray, RecordBatch, StringArray,
-    StringViewArray, new_null_array,
+    Array, ArrayRef, BinaryArray, LargeBinaryArray, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+    new_null_array,
 };
 use sluice_sdk::arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use sluice_sdk::{BatchContext, Config, Error, Transform, util};
@@ -60,9 +60,7 @@ fn parse_ddl(ddl: &str) -> Result<Vec<Field>, Error> {
     for part in ddl.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let mut it = part.split_whitespace();
         let (Some(name), Some(ty), None) = (it.next(), it.next(), it.next()) else {
-            return Err(Error::InvalidConfig(format!(
-                "`schema`: expected `name TYPE`, got `{part}`"
-            )));
+            return Err(Error::InvalidConfig(format!("`schema`: expected `name TYPE`, got `{part}`")));
         };
         fields.push(Field::new(name.trim_matches('`'), parse_type(ty)?, true));
     }
@@ -95,9 +93,8 @@ fn rows(col: &ArrayRef) -> Result<Vec<Option<&[u8]>>, Error> {
 
 impl JsonParse {
     fn decode_one(&self, row: &[u8]) -> Result<RecordBatch, String> {
-        let mut decoder = arrow_json::ReaderBuilder::new(self.parsed.clone())
-            .build_decoder()
-            .map_err(|e| e.to_string())?;
+        let mut decoder =
+            arrow_json::ReaderBuilder::new(self.parsed.clone()).build_decoder().map_err(|e| e.to_string())?;
         let trimmed = row.trim_ascii();
         if !trimmed.starts_with(b"{") {
             return Err("not a JSON object".into());
@@ -210,12 +207,8 @@ impl Transform for JsonParse {
                         }
                         (Err(_), Mode::DropMalformed) => {}
                         (Err(_), Mode::Permissive) => {
-                            let nulls: Vec<ArrayRef> = self
-                                .parsed
-                                .fields()
-                                .iter()
-                                .map(|f| new_null_array(f.data_type(), 1))
-                                .collect();
+                            let nulls: Vec<ArrayRef> =
+                                self.parsed.fields().iter().map(|f| new_null_array(f.data_type(), 1)).collect();
                             good.push(RecordBatch::try_new(self.parsed.clone(), nulls)?);
                             keep_rows.push(i as u32);
                             corrupt.append_value(String::from_utf8_lossy(r.unwrap_or_default()));

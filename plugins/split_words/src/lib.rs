@@ -24,9 +24,7 @@ impl Transform for SplitWords {
             "true" => true,
             "false" => false,
             other => {
-                return Err(Error::InvalidConfig(format!(
-                    "`lowercase` must be \"true\" or \"false\", got {other:?}"
-                )));
+                return Err(Error::InvalidConfig(format!("`lowercase` must be \"true\" or \"false\", got {other:?}")));
             }
         };
         let output = config.get_or("output", "word");
@@ -41,10 +39,7 @@ impl Transform for SplitWords {
         let idx = util::column_index(input, &self.column)?;
         match input.field(idx).data_type() {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(self.schema.clone()),
-            other => Err(Error::InvalidInput(format!(
-                "column `{}` must be a string, found {other}",
-                self.column
-            ))),
+            other => Err(Error::InvalidInput(format!("column `{}` must be a string, found {other}", self.column))),
         }
     }
 

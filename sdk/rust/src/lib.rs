@@ -114,10 +114,7 @@ impl Config {
     pub fn check_keys(&self, allowed: &[&str]) -> Result<(), Error> {
         match self.entries.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
             None => Ok(()),
-            Some((k, _)) => Err(Error::InvalidConfig(format!(
-                "unknown key `{k}`; valid keys: {}",
-                allowed.join(", ")
-            ))),
+            Some((k, _)) => Err(Error::InvalidConfig(format!("unknown key `{k}`; valid keys: {}", allowed.join(", ")))),
         }
     }
 
