@@ -10,6 +10,7 @@ echo "==> unit and integration tests"
 cargo test --release -p sluice -p sluice-sdk -p sluice-tests
 
 echo "==> example pipelines"
+cargo build --release -p sluice
 bin="${CARGO_TARGET_DIR:-target}/release/sluice"
 for f in examples/*.toml; do
   "$bin" validate "$f"

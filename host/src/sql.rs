@@ -15,11 +15,9 @@
 //! window functions, several aggregations, grouping sets) are refused when the step is built,
 //! with a message that says why.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
-use arrow_row::{RowConverter, Rows, SortField};
 use arrow_schema::{Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::Dialect;
@@ -36,6 +34,8 @@ use datafusion::optimizer::Optimizer;
 use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr, create_physical_expr};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Ident, ObjectName, ObjectNamePart, visit_expressions_mut};
 
@@ -275,9 +275,8 @@ struct Aggregator {
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
     aggs: Vec<(Arc<AggregateFunctionExpr>, Option<Arc<dyn PhysicalExpr>>)>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
-    converter: Option<RowConverter>,
-    groups: HashMap<Box<[u8]>, u32>,
-    keys: Option<Rows>,
+    /// Group keys to group ids (DataFusion's own hash tables); `None` for a global aggregate.
+    groups: Option<Box<dyn GroupValues>>,
     /// Number of groups (1 for a global aggregate once it has seen a row).
     num_groups: usize,
     touched: Vec<bool>,
@@ -358,10 +357,11 @@ impl Aggregator {
             })?
             .data;
 
-        let key_types: Vec<SortField> =
-            agg_df.fields().iter().take(group_exprs.len()).map(|f| SortField::new(f.data_type().clone())).collect();
-        let converter = if key_types.is_empty() { None } else { Some(RowConverter::new(key_types)?) };
-        let keys = converter.as_ref().map(|c| c.empty_rows(0, 0));
+        let key_schema = Arc::new(Schema::new(
+            agg_df.fields().iter().take(group_exprs.len()).map(|f| f.as_ref().clone()).collect::<Vec<_>>(),
+        ));
+        let groups =
+            if group_exprs.is_empty() { None } else { Some(new_group_values(key_schema, &GroupOrdering::None)?) };
         Ok(Aggregator {
             below,
             above,
@@ -370,9 +370,7 @@ impl Aggregator {
             group_exprs,
             aggs,
             accumulators,
-            converter,
-            groups: HashMap::new(),
-            keys,
+            groups,
             num_groups: 0,
             touched: Vec::new(),
             touched_list: Vec::new(),
@@ -386,29 +384,17 @@ impl Aggregator {
             return Ok(());
         }
         let mut idx: Vec<usize> = Vec::with_capacity(n);
-        match (&self.converter, &mut self.keys) {
-            (Some(conv), Some(keys)) => {
+        match &mut self.groups {
+            Some(groups) => {
                 let cols = self
                     .group_exprs
                     .iter()
                     .map(|e| e.evaluate(batch)?.into_array(n))
                     .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
-                let rows = conv.convert_columns(&cols)?;
-                for row in rows.iter() {
-                    let g = match self.groups.get(row.as_ref()) {
-                        Some(g) => *g as usize,
-                        None => {
-                            let g = self.num_groups;
-                            self.groups.insert(row.as_ref().into(), g as u32);
-                            keys.push(row);
-                            self.num_groups += 1;
-                            g
-                        }
-                    };
-                    idx.push(g);
-                }
+                groups.intern(&cols, &mut idx)?;
+                self.num_groups = groups.len();
             }
-            _ => {
+            None => {
                 self.num_groups = 1;
                 idx.resize(n, 0);
             }
@@ -464,9 +450,17 @@ impl Aggregator {
             self.reset_touched();
             return Ok(Vec::new());
         }
-        let mut columns = match (&self.converter, &self.keys) {
-            (Some(c), Some(k)) => c.convert_rows(k.iter())?,
-            _ => Vec::new(),
+        let mut columns = match &mut self.groups {
+            Some(groups) => {
+                // Emitting drains the table; interning the keys again in the same order gives
+                // them back the same ids.
+                let keys = groups.emit(EmitTo::All)?;
+                let mut ids = Vec::with_capacity(self.num_groups);
+                groups.intern(&keys, &mut ids)?;
+                debug_assert!(ids.iter().enumerate().all(|(i, g)| i == *g));
+                keys
+            }
+            None => Vec::new(),
         };
         columns.extend(self.evaluate_all()?);
         let columns = columns
@@ -497,12 +491,11 @@ impl Aggregator {
 
     fn metrics(&self) -> StateMetrics {
         let acc: usize = self.accumulators.iter().map(|a| a.size()).sum();
-        let keys = self.keys.as_ref().map(|k| k.size()).unwrap_or(0);
-        let map = self.groups.capacity() * (std::mem::size_of::<(Box<[u8]>, u32)>() + 8);
+        let keys = self.groups.as_ref().map(|g| g.size()).unwrap_or(0);
         StateMetrics {
             num_rows_total: self.num_groups as u64,
             num_rows_updated: self.last_updated,
-            memory_used_bytes: (acc + keys * 2 + map) as u64,
+            memory_used_bytes: (acc + keys) as u64,
         }
     }
 }
