@@ -6,11 +6,11 @@ cd "$(dirname "$0")/.."
 
 scripts/build-plugins.sh
 
-echo "==> unit and integration tests"
+echo "==> unit and integration tests (the crash tests run the sluice binary)"
+cargo build --release -p sluice
 cargo test --release -p sluice -p sluice-sdk -p sluice-tests
 
 echo "==> example pipelines"
-cargo build --release -p sluice
 bin="${CARGO_TARGET_DIR:-target}/release/sluice"
 for f in examples/*.toml; do
   "$bin" validate "$f"

@@ -19,12 +19,14 @@ use arrow_schema::SchemaRef;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, Recovery, plan_recovery};
 use crate::config::{PipelineSpec, TransformSpec};
 use crate::error::{Error, Result};
 use crate::plugin::{CallContext, PluginInstance, PluginRuntime};
 use crate::sink::{MemoryTables, OutputMode, Sink};
 use crate::source::{Offset, Partitioned, ReadLimit, Source};
 use crate::sql::SqlStep;
+use crate::state::StateStore;
 use crate::trigger::Trigger;
 
 pub(crate) mod progress;
@@ -33,39 +35,6 @@ pub(crate) mod query;
 use progress::{PluginProgress, SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress};
 use query::Shared;
 pub use query::StreamingQuery;
-
-/// Where offsets and commits are logged. The in-memory log of this build keeps the protocol's
-/// order of writes; the durable checkpoint implements the same two calls.
-pub(crate) trait BatchLog: Send {
-    /// Records that batch `batch_id` will process up to `end` (before it runs).
-    fn write_offsets(&mut self, batch_id: u64, end: &Offset, batch_timestamp_ms: i64) -> Result<()>;
-    /// Records that batch `batch_id` reached the sink.
-    fn write_commit(&mut self, batch_id: u64) -> Result<()>;
-}
-
-#[derive(Default)]
-struct MemoryLog {
-    offsets: BTreeMap<u64, (Offset, i64)>,
-    commits: Vec<u64>,
-}
-
-impl BatchLog for MemoryLog {
-    fn write_offsets(&mut self, batch_id: u64, end: &Offset, ts: i64) -> Result<()> {
-        self.offsets.insert(batch_id, (end.clone(), ts));
-        // Keep a bounded window, like minBatchesToRetain.
-        while self.offsets.len() > 100 {
-            self.offsets.pop_first();
-        }
-        Ok(())
-    }
-    fn write_commit(&mut self, batch_id: u64) -> Result<()> {
-        self.commits.push(batch_id);
-        if self.commits.len() > 100 {
-            self.commits.remove(0);
-        }
-        Ok(())
-    }
-}
 
 /// A plugin step: one instance per parallel slot.
 struct PluginStep {
@@ -88,6 +57,11 @@ pub(crate) struct Query {
     steps: Vec<Step>,
     sink: Box<dyn Sink>,
     output_schema: SchemaRef,
+    checkpoint: Option<Checkpoint>,
+    /// The id recorded in the checkpoint, if the query ran before.
+    pub(crate) id: Option<uuid::Uuid>,
+    /// Settings state depends on, logged with every batch and checked on restart.
+    conf: BTreeMap<String, String>,
 }
 
 fn parallelism() -> usize {
@@ -98,12 +72,35 @@ impl Query {
     /// Builds every part of `spec`, loading plugins and planning SQL, and checks the output mode
     /// against the query's shape (Spark's `UnsupportedOperationChecker`).
     pub(crate) async fn build(spec: &PipelineSpec, runtime: &PluginRuntime, tables: &MemoryTables) -> Result<Query> {
-        if spec.checkpoint_location.is_some() {
-            return Err(Error::config(
-                "checkpoint_location: durable checkpoints are not implemented in this build yet; remove it (console, memory and noop sinks need none)",
-            ));
-        }
         let source = crate::source::build(&spec.source)?;
+        let checkpoint = spec.checkpoint_location.as_deref().map(Checkpoint::open).transpose()?;
+        if checkpoint.is_none() && crate::sink::needs_checkpoint(&spec.sink.format) {
+            return Err(Error::MissingOption {
+                component: format!("{} sink", spec.sink.format),
+                key: "checkpoint_location".into(),
+                hint: Some("the file sink is exactly-once: it needs a checkpoint for its offsets".into()),
+                location: spec.sink.location.clone(),
+            });
+        }
+        if checkpoint.is_some() && !source.replayable() && !source.accepts_at_most_once() {
+            return Err(Error::Config {
+                location: spec.source.location.clone(),
+                message: format!(
+                    "{} cannot replay data, so a checkpoint cannot make it exactly-once; set source option atMostOnce = \"true\" to accept losing uncommitted data on a crash, or drop checkpoint_location",
+                    source.description()
+                ),
+            });
+        }
+        let id = match &checkpoint {
+            Some(c) => match c.metadata().await? {
+                Some(m) => Some(uuid::Uuid::parse_str(&m.id).map_err(|e| Error::CorruptCheckpoint {
+                    path: c.name("metadata"),
+                    reason: format!("bad query id: {e}"),
+                })?),
+                None => None,
+            },
+            None => None,
+        };
         let mode = spec.sink.output_mode;
         let mut schema = source.schema();
         let mut steps = Vec::new();
@@ -165,7 +162,28 @@ impl Query {
             _ => {}
         }
         let sink = crate::sink::build(&spec.sink, spec.name.as_deref(), tables)?;
-        Ok(Query { name: spec.name.clone(), trigger: spec.trigger, mode, source, steps, sink, output_schema: schema })
+        let mut conf = BTreeMap::new();
+        conf.insert("sluice.sources".to_string(), "1".to_string());
+        conf.insert("sluice.source.0.format".to_string(), spec.source.format.clone());
+        for (i, step) in steps.iter().enumerate() {
+            if let Step::Sql(s) = step {
+                if let Some(fp) = s.state_fingerprint() {
+                    conf.insert(format!("sluice.state.{i}"), fp);
+                }
+            }
+        }
+        Ok(Query {
+            name: spec.name.clone(),
+            trigger: spec.trigger,
+            mode,
+            source,
+            steps,
+            sink,
+            output_schema: schema,
+            checkpoint,
+            id,
+            conf,
+        })
     }
 
     /// The schema of what reaches the sink.
@@ -244,32 +262,146 @@ impl PluginStep {
 }
 
 /// Runs the micro-batch loop until the trigger says stop, the query is stopped, or it fails.
+/// Fault-injection pauses for crash tests: `SLUICE_TEST_PAUSE_MS=150` makes the loop sleep
+/// after logging offsets, after the sink write and after the commit, widening exactly the
+/// windows a crash test must hit with SIGKILL. Unset (always, outside tests), it costs nothing.
+#[derive(Clone, Copy)]
+struct Pauses(Option<Duration>);
+
+impl Pauses {
+    fn from_env() -> Self {
+        Pauses(std::env::var("SLUICE_TEST_PAUSE_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis))
+    }
+    async fn at(self, point: &str) {
+        if let Some(d) = self.0 {
+            tracing::debug!(point, "test pause");
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
+/// Where a (re)started query begins.
+struct Resume {
+    batch_id: u64,
+    committed: Option<Offset>,
+    /// A logged but uncommitted batch to run again first, exactly as logged.
+    rerun: Option<OffsetEntry>,
+}
+
+fn check_conf(ckpt: &Checkpoint, before: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Result<()> {
+    for key in before.keys().chain(now.keys()) {
+        let (b, n) = (before.get(key), now.get(key));
+        if b != n {
+            let what = match key.as_str() {
+                "sluice.sources" => "the number of sources".to_string(),
+                "sluice.source.0.format" => "the source format".to_string(),
+                k if k.starts_with("sluice.state.") => {
+                    format!("the stateful operator of step {}", &k["sluice.state.".len()..])
+                }
+                k => k.to_string(),
+            };
+            return Err(Error::IncompatibleChange {
+                checkpoint: ckpt.display().to_string(),
+                what,
+                before: b.cloned().unwrap_or_else(|| "(none)".into()),
+                now: n.cloned().unwrap_or_else(|| "(none)".into()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads the checkpoint and restores the source and the state (Spark's recovery protocol).
+async fn recover(q: &mut Query, ckpt: &Checkpoint, id: &str) -> Result<Resume> {
+    ckpt.init_metadata(id).await?;
+    let (latest_offsets, latest_commit) = ckpt.latest().await?;
+    let plan = plan_recovery(latest_offsets, latest_commit)
+        .map_err(|reason| Error::CorruptCheckpoint { path: ckpt.display().to_string(), reason })?;
+    let entry = |b: u64| async move {
+        ckpt.offsets(b).await?.ok_or_else(|| Error::CorruptCheckpoint {
+            path: ckpt.name(&format!("offsets/{b}")),
+            reason: "missing".into(),
+        })
+    };
+    let end_of = |e: &OffsetEntry| e.sources.first().cloned().flatten().map(Offset);
+    let (resume, log_upto, latest_entry) = match plan {
+        Recovery::Fresh => (Resume { batch_id: 0, committed: None, rerun: None }, None, None),
+        Recovery::Continue { next } => {
+            let last = entry(next - 1).await?;
+            (Resume { batch_id: next, committed: end_of(&last), rerun: None }, Some(next - 1), Some(last))
+        }
+        Recovery::Rerun { batch } => {
+            let e = entry(batch).await?;
+            let prev = if batch > 0 { end_of(&entry(batch - 1).await?) } else { None };
+            (Resume { batch_id: batch, committed: prev, rerun: Some(e.clone()) }, Some(batch), Some(e))
+        }
+    };
+    if let Some(e) = &latest_entry {
+        check_conf(ckpt, &e.conf, &q.conf)?;
+        tracing::info!(
+            checkpoint = ckpt.display(),
+            batch = resume.batch_id,
+            rerun = resume.rerun.is_some(),
+            "resuming from checkpoint"
+        );
+    }
+    let log = match log_upto {
+        Some(upto) => ckpt.source_log(0, upto).await?,
+        None => Vec::new(),
+    };
+    let last = latest_entry.as_ref().and_then(end_of);
+    q.source.restore(log, last.as_ref()).await?;
+    for (i, step) in q.steps.iter_mut().enumerate() {
+        if let Step::Sql(s) = step {
+            if s.is_stateful() {
+                s.attach_state(StateStore::new(ckpt.clone(), i, 0), resume.batch_id, ckpt.display()).await?;
+            }
+        }
+    }
+    Ok(resume)
+}
+
 pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationToken) -> Result<()> {
-    let mut log = MemoryLog::default();
     shared.set_status("Initializing sources", false, false);
     if !q.source.replayable() {
         tracing::warn!(source = %q.source.description(), "the source is not replayable: data received but not yet committed is lost if the process dies");
     }
     q.source.start().await?;
+    let ckpt = q.checkpoint.clone();
+    let mut resume = match &ckpt {
+        Some(c) => recover(&mut q, c, &shared.id.to_string()).await?,
+        None => Resume { batch_id: 0, committed: None, rerun: None },
+    };
     if q.trigger.is_bounded() {
         q.source.prepare_available_now().await?;
     }
     let limit = if q.trigger == Trigger::Once { ReadLimit::All } else { ReadLimit::Default };
-    let mut committed: Option<Offset> = None;
-    let mut batch_id: u64 = 0;
+    let mut committed: Option<Offset> = resume.committed.take();
+    let mut batch_id: u64 = resume.batch_id;
     let mut last_trigger: Option<Instant> = None;
+    let pauses = Pauses::from_env();
     loop {
         if cancel.is_cancelled() {
             return Ok(());
         }
         let trigger_started = Instant::now();
-        let wall_start = now_ms();
+        let mut wall_start = now_ms();
         let mut durations = BTreeMap::new();
 
-        // 1. latestOffset
+        // 1. latestOffset (or, after a crash, exactly what the uncommitted batch had logged)
         shared.set_status("Getting offsets from source", false, true);
         let t = Instant::now();
-        let latest = q.source.latest_offset(committed.as_ref(), limit).await?;
+        let rerun = resume.rerun.take();
+        let latest = match &rerun {
+            Some(e) => {
+                wall_start = e.batch_timestamp_ms;
+                Some(e.sources.first().cloned().flatten().map(Offset).ok_or_else(|| Error::CorruptCheckpoint {
+                    path: ckpt.as_ref().map(|c| c.name(&format!("offsets/{batch_id}"))).unwrap_or_default(),
+                    reason: "no source offset".into(),
+                })?)
+            }
+            None => q.source.latest_offset(committed.as_ref(), limit).await?,
+        };
         durations.insert("latestOffset".to_string(), t.elapsed().as_millis() as u64);
 
         // 2. is there anything to do?
@@ -290,8 +422,20 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
 
         // 3. walCommit: log the offsets before executing.
         let t = Instant::now();
-        log.write_offsets(batch_id, &end, wall_start)?;
+        if let (Some(c), None) = (&ckpt, &rerun) {
+            if let Some(entry) = q.source.log_entry(committed.as_ref(), &end) {
+                c.write_source_log(0, batch_id, &entry).await?;
+            }
+            let entry = OffsetEntry {
+                batch_watermark_ms: 0,
+                batch_timestamp_ms: wall_start,
+                conf: q.conf.clone(),
+                sources: vec![Some(end.0.clone())],
+            };
+            c.write_offsets(batch_id, &entry).await?;
+        }
         durations.insert("walCommit".to_string(), t.elapsed().as_millis() as u64);
+        pauses.at("after offsets").await;
 
         // 4. getBatch + execute
         let t = Instant::now();
@@ -313,19 +457,17 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
                 }
                 Step::Sql(s) => {
                     let input: Vec<RecordBatch> = current.into_iter().map(|(_, b)| b).collect();
-                    let commit_started = Instant::now();
-                    let out = s.process(input, q.mode).await?;
+                    let out = s.process(batch_id, input, q.mode).await?;
                     if let Some(m) = s.state_metrics() {
                         state_ops.push(StateOperatorProgress {
                             operator_name: "stateStoreSave".into(),
                             num_rows_total: m.num_rows_total,
                             num_rows_updated: m.num_rows_updated,
                             num_rows_removed: 0,
-                            commit_time_ms: 0,
+                            commit_time_ms: m.commit_time_ms,
                             memory_used_bytes: m.memory_used_bytes,
                             num_rows_dropped_by_watermark: 0,
                         });
-                        let _ = commit_started;
                     }
                     let p = parallelism() as u32;
                     out.into_iter().enumerate().map(|(i, b)| (i as u32 % p, b)).collect()
@@ -336,12 +478,19 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
         let num_output_rows: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
         q.sink.add_batch(batch_id, &q.output_schema, output, q.mode).await?;
         durations.insert("addBatch".to_string(), t.elapsed().as_millis() as u64);
+        pauses.at("after sink").await;
 
         // 6. commit
         let t = Instant::now();
-        log.write_commit(batch_id)?;
+        if let Some(c) = &ckpt {
+            c.write_commit(batch_id, &CommitEntry { next_batch_watermark_ms: 0 }).await?;
+            if batch_id % 10 == 0 {
+                c.purge(batch_id.saturating_sub(crate::state::MIN_BATCHES_TO_RETAIN), 1).await?;
+            }
+        }
         q.source.commit(&end).await?;
         durations.insert("commitOffsets".to_string(), t.elapsed().as_millis() as u64);
+        pauses.at("after commit").await;
 
         let total = trigger_started.elapsed().as_millis() as u64;
         durations.insert("triggerExecution".to_string(), total);

@@ -97,6 +97,20 @@ pub enum Error {
     #[error("sink {sink}: {message}")]
     Sink { sink: String, message: String },
 
+    /// A checkpoint file is torn, truncated or not in the expected format. It is never used.
+    #[error("corrupt checkpoint file {path}: {reason}")]
+    CorruptCheckpoint { path: String, reason: String },
+
+    /// The checkpoint location could not be read or written.
+    #[error("checkpoint {location}: {message}")]
+    Checkpoint { location: String, message: String },
+
+    /// The query changed since the checkpoint was written in a way its state cannot follow.
+    #[error(
+        "the query changed incompatibly since checkpoint {checkpoint} was written: {what} was `{before}` and is now `{now}`; use a new checkpoint location to start over"
+    )]
+    IncompatibleChange { checkpoint: String, what: String, before: String, now: String },
+
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -128,7 +142,9 @@ impl Error {
             | Error::MissingOption { .. }
             | Error::OutputMode { .. }
             | Error::Unsupported { .. }
+            | Error::IncompatibleChange { .. }
             | Error::Sql { .. } => ErrorKind::User,
+            Error::CorruptCheckpoint { .. } | Error::Checkpoint { .. } => ErrorKind::External,
             Error::PluginLoad { .. } | Error::Plugin { .. } | Error::PluginTrap { .. } => ErrorKind::Plugin,
             Error::PluginLimit { .. } => ErrorKind::ResourceLimit,
             Error::Source { kind, .. } => *kind,

@@ -29,6 +29,7 @@
 //! `trigger`, `options`, `schema`, `error`.
 
 pub mod bench;
+mod checkpoint;
 mod config;
 mod engine;
 mod error;
@@ -39,6 +40,7 @@ mod session;
 mod sink;
 mod source;
 mod sql;
+mod state;
 mod trigger;
 
 pub use config::{PipelineSpec, SinkSpec, SourceSpec, TransformSpec};

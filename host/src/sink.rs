@@ -13,6 +13,7 @@ use crate::config::SinkSpec;
 use crate::error::{Error, Result};
 
 pub(crate) mod console;
+pub(crate) mod file;
 pub(crate) mod memory;
 pub(crate) mod noop;
 
@@ -68,12 +69,20 @@ pub(crate) trait Sink: Send {
 }
 
 /// Sink formats known to this build.
-pub(crate) const SINK_FORMATS: &[&str] = &["console", "memory", "noop"];
+pub(crate) const SINK_FORMATS: &[&str] = &["console", "memory", "noop", "json", "csv", "parquet"];
+
+/// Whether the sink format needs a checkpoint (it promises exactly-once).
+pub(crate) fn needs_checkpoint(format: &str) -> bool {
+    matches!(format, "json" | "csv" | "parquet")
+}
 
 /// Builds the sink a spec names, checking its options and output mode.
 pub(crate) fn build(spec: &SinkSpec, query_name: Option<&str>, tables: &MemoryTables) -> Result<Box<dyn Sink>> {
     let modes: &[OutputMode] = match spec.format.as_str() {
         "console" | "noop" | "memory" => &[OutputMode::Append, OutputMode::Update, OutputMode::Complete],
+        // Update mode on a file sink appends each batch's changed rows (a change log; the last
+        // row per key is current). Spark allows append only.
+        "json" | "csv" | "parquet" => &[OutputMode::Append, OutputMode::Update],
         other => {
             return Err(Error::Config {
                 location: spec.location.clone(),
@@ -94,6 +103,7 @@ pub(crate) fn build(spec: &SinkSpec, query_name: Option<&str>, tables: &MemoryTa
             spec.options.check("noop sink", &[])?;
             Box::new(noop::NoopSink)
         }
-        _ => Box::new(memory::MemorySink::try_new(&spec.options, query_name, tables.clone())?),
+        "memory" => Box::new(memory::MemorySink::try_new(&spec.options, query_name, tables.clone())?),
+        f => Box::new(file::FileSink::try_new(f, spec.path.as_deref(), &spec.options)?),
     })
 }

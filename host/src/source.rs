@@ -22,6 +22,15 @@ pub(crate) mod socket;
 pub struct Offset(pub serde_json::Value);
 
 impl Offset {
+    /// The number under `key` of an object offset (`{"logOffset": 3}`).
+    pub(crate) fn field_u64(&self, source: &str, key: &str) -> Result<u64> {
+        self.0.get(key).and_then(|v| v.as_u64()).ok_or_else(|| Error::Source {
+            source_name: source.to_string(),
+            message: format!("offset {} has no number `{key}`", self.0),
+            kind: crate::error::ErrorKind::Internal,
+        })
+    }
+
     pub(crate) fn from_u64(n: u64) -> Self {
         Offset(serde_json::Value::from(n))
     }
@@ -56,6 +65,10 @@ pub(crate) trait Source: Send {
     fn schema(&self) -> SchemaRef;
     /// Whether the same offset range always yields the same rows.
     fn replayable(&self) -> bool;
+    /// For a source that is not replayable: whether the user accepted at-most-once delivery.
+    fn accepts_at_most_once(&self) -> bool {
+        false
+    }
     /// Connects or opens what the source reads; called once when the query starts.
     async fn start(&mut self) -> Result<()> {
         Ok(())
@@ -70,6 +83,16 @@ pub(crate) trait Source: Send {
     async fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Partitioned>;
     /// Data up to `end` is processed and committed: the source may forget it.
     async fn commit(&mut self, _end: &Offset) -> Result<()> {
+        Ok(())
+    }
+    /// What to persist in `sources/<i>/<N>` before batch N's offsets are logged, so that the
+    /// range `(start, end]` can be read again after a restart.
+    fn log_entry(&self, _start: Option<&Offset>, _end: &Offset) -> Option<serde_json::Value> {
+        None
+    }
+    /// Restores the source after a restart from its persisted log entries (in batch order) and
+    /// the last end offset logged.
+    async fn restore(&mut self, _log: Vec<(u64, serde_json::Value)>, _last: Option<&Offset>) -> Result<()> {
         Ok(())
     }
 }

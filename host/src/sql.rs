@@ -41,6 +41,7 @@ use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Ident, ObjectName, Object
 
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
+use crate::state::StateStore;
 
 mod functions;
 
@@ -228,17 +229,72 @@ impl SqlStep {
         self.output_schema.clone()
     }
 
-    /// Runs the step on one batch. For an aggregation, returns what `mode` says to emit.
-    pub(crate) async fn process(&mut self, input: Vec<RecordBatch>, mode: OutputMode) -> Result<Vec<RecordBatch>> {
+    /// Runs the step on batch `batch_id`. For an aggregation, returns what `mode` says to emit
+    /// and, with a state store attached, commits state version `batch_id + 1`.
+    pub(crate) async fn process(
+        &mut self,
+        batch_id: u64,
+        input: Vec<RecordBatch>,
+        mode: OutputMode,
+    ) -> Result<Vec<RecordBatch>> {
         let index = self.index;
         let sql_err = |source| Error::Sql { step: index, source };
         self.input.set(input);
         let out = match &mut self.kind {
             Kind::Stateless(plan) => execute(&self.ctx, plan).await.map_err(sql_err),
-            Kind::Aggregate(agg) => agg.process(&self.ctx, mode).await.map_err(sql_err),
+            Kind::Aggregate(agg) => match agg.process(&self.ctx, mode).await.map_err(sql_err) {
+                Err(e) => Err(e),
+                Ok((out, delta)) => {
+                    let started = std::time::Instant::now();
+                    if let Some(store) = agg.store.clone() {
+                        let schema = agg.state_schema().map_err(sql_err)?;
+                        let delta = match delta {
+                            Some(d) => d,
+                            None => RecordBatch::new_empty(schema.clone()),
+                        };
+                        store.commit(batch_id + 1, &schema, &delta, || agg.full_state().map_err(sql_err)).await?;
+                    }
+                    agg.commit_ms = started.elapsed().as_millis() as u64;
+                    Ok(out)
+                }
+            },
         };
         self.input.set(Vec::new());
         out
+    }
+
+    /// Attaches durable state: checks the stored fingerprint against this query's and loads
+    /// state `version`.
+    pub(crate) async fn attach_state(&mut self, store: StateStore, version: u64, checkpoint: &str) -> Result<()> {
+        let index = self.index;
+        let Kind::Aggregate(agg) = &mut self.kind else { return Ok(()) };
+        let now = agg.fingerprint();
+        match store.schema_fingerprint().await? {
+            Some(before) if before != now => {
+                return Err(Error::IncompatibleChange {
+                    checkpoint: checkpoint.to_string(),
+                    what: format!(
+                        "the aggregation in SQL step {index} (grouping keys, aggregate functions, state schema)"
+                    ),
+                    before,
+                    now,
+                });
+            }
+            Some(_) => {}
+            None => store.write_schema_fingerprint(&now).await?,
+        }
+        let rows = store.load(version).await?;
+        agg.restore(&rows).map_err(|source| Error::Sql { step: index, source })?;
+        agg.store = Some(store);
+        Ok(())
+    }
+
+    /// The fingerprint of the step's state layout, for a stateful step.
+    pub(crate) fn state_fingerprint(&self) -> Option<String> {
+        match &self.kind {
+            Kind::Aggregate(a) => Some(a.fingerprint()),
+            Kind::Stateless(_) => None,
+        }
     }
 
     /// State metrics, for a stateful step.
@@ -262,6 +318,7 @@ pub(crate) struct StateMetrics {
     pub(crate) num_rows_total: u64,
     pub(crate) num_rows_updated: u64,
     pub(crate) memory_used_bytes: u64,
+    pub(crate) commit_time_ms: u64,
 }
 
 /// An incremental grouped aggregation: group keys plus one accumulator per aggregate.
@@ -282,6 +339,9 @@ struct Aggregator {
     touched: Vec<bool>,
     touched_list: Vec<u32>,
     last_updated: u64,
+    /// Durable state, when the query has a checkpoint.
+    store: Option<StateStore>,
+    commit_ms: u64,
 }
 
 fn group_accumulator(agg: &Arc<AggregateFunctionExpr>) -> datafusion::error::Result<Box<dyn GroupsAccumulator>> {
@@ -375,6 +435,8 @@ impl Aggregator {
             touched: Vec::new(),
             touched_list: Vec::new(),
             last_updated: 0,
+            store: None,
+            commit_ms: 0,
         })
     }
 
@@ -426,31 +488,35 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Final values of every group, without disturbing the running state.
-    fn evaluate_all(&mut self) -> datafusion::error::Result<Vec<ArrayRef>> {
+    /// Every group's accumulator state, without disturbing the running accumulators.
+    fn states(&mut self) -> datafusion::error::Result<Vec<Vec<ArrayRef>>> {
         let n = self.num_groups;
         let idx: Vec<usize> = (0..n).collect();
         let mut out = Vec::with_capacity(self.accumulators.len());
-        for ((agg, _), acc) in self.aggs.iter().zip(self.accumulators.iter_mut()) {
+        for acc in self.accumulators.iter_mut() {
             let state = acc.state(EmitTo::All)?;
             acc.merge_batch(&state, &idx, n)?;
+            out.push(state);
+        }
+        Ok(out)
+    }
+
+    /// Final values computed from `states`.
+    fn evaluate(&self, states: &[Vec<ArrayRef>]) -> datafusion::error::Result<Vec<ArrayRef>> {
+        let n = self.num_groups;
+        let idx: Vec<usize> = (0..n).collect();
+        let mut out = Vec::with_capacity(states.len());
+        for ((agg, _), state) in self.aggs.iter().zip(states) {
             let mut copy = group_accumulator(agg)?;
-            copy.merge_batch(&state, &idx, n)?;
+            copy.merge_batch(state, &idx, n)?;
             out.push(copy.evaluate(EmitTo::All)?);
         }
         Ok(out)
     }
 
-    async fn process(&mut self, ctx: &SessionContext, mode: OutputMode) -> datafusion::error::Result<Vec<RecordBatch>> {
-        for b in execute(ctx, &self.below).await? {
-            self.update(&b)?;
-        }
-        self.last_updated = self.touched_list.len() as u64;
-        if self.num_groups == 0 || (mode != OutputMode::Complete && self.touched_list.is_empty()) {
-            self.reset_touched();
-            return Ok(Vec::new());
-        }
-        let mut columns = match &mut self.groups {
+    /// The group keys, in group-id order, without disturbing the table.
+    fn keys(&mut self) -> datafusion::error::Result<Vec<ArrayRef>> {
+        match &mut self.groups {
             Some(groups) => {
                 // Emitting drains the table; interning the keys again in the same order gives
                 // them back the same ids.
@@ -458,20 +524,143 @@ impl Aggregator {
                 let mut ids = Vec::with_capacity(self.num_groups);
                 groups.intern(&keys, &mut ids)?;
                 debug_assert!(ids.iter().enumerate().all(|(i, g)| i == *g));
-                keys
+                Ok(keys)
             }
-            None => Vec::new(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The schema of state rows: the group keys, then each aggregate's state fields.
+    fn state_schema(&self) -> datafusion::error::Result<SchemaRef> {
+        let mut fields: Vec<Field> =
+            self.out_schema.fields().iter().take(self.group_exprs.len()).map(|f| f.as_ref().clone()).collect();
+        for (i, (agg, _)) in self.aggs.iter().enumerate() {
+            for f in agg.state_fields()? {
+                fields.push(Field::new(format!("a{i}_{}", f.name()), f.data_type().clone(), true));
+            }
+        }
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// What the state's layout depends on: group key types and aggregate functions. A restart
+    /// whose fingerprint differs cannot use the checkpointed state.
+    pub(crate) fn fingerprint(&self) -> String {
+        let keys: Vec<String> =
+            self.out_schema.fields().iter().take(self.group_exprs.len()).map(|f| f.data_type().to_string()).collect();
+        let aggs: Vec<String> = self.aggs.iter().map(|(a, _)| a.fun().name().to_string()).collect();
+        let state = self
+            .state_schema()
+            .map(|s| s.fields().iter().map(|f| f.data_type().to_string()).collect::<Vec<_>>().join(","))
+            .unwrap_or_default();
+        format!("keys=[{}] aggregates=[{}] state=[{state}]", keys.join(","), aggs.join(","))
+    }
+
+    /// Rows of state: keys then states, for the given groups (all if `None`).
+    fn state_rows(
+        &self,
+        keys: &[ArrayRef],
+        states: &[Vec<ArrayRef>],
+        only: Option<&[u32]>,
+    ) -> datafusion::error::Result<RecordBatch> {
+        let schema = self.state_schema()?;
+        let mut cols: Vec<ArrayRef> = keys.to_vec();
+        for st in states {
+            cols.extend(st.iter().cloned());
+        }
+        let cols = cols
+            .into_iter()
+            .zip(schema.fields())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { arrow_cast::cast(&c, f.data_type()) })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let opts = arrow_array::RecordBatchOptions::new().with_row_count(Some(self.num_groups));
+        let batch = RecordBatch::try_new_with_options(schema, cols, &opts)?;
+        match only {
+            None => Ok(batch),
+            Some(ids) => {
+                Ok(arrow_select::take::take_record_batch(&batch, &arrow_array::UInt32Array::from(ids.to_vec()))?)
+            }
+        }
+    }
+
+    /// Replaces the state with `rows` (state rows in order; the last row per key wins).
+    fn restore(&mut self, rows: &[RecordBatch]) -> datafusion::error::Result<()> {
+        let schema = self.state_schema()?;
+        let all = arrow_select::concat::concat_batches(&schema, rows)?;
+        let nk = self.group_exprs.len();
+        let n = all.num_rows();
+        // Resolve last-wins per key with a scratch table.
+        let (last, num): (Vec<usize>, usize) = match &self.groups {
+            Some(_) => {
+                let key_schema = Arc::new(Schema::new(
+                    schema.fields().iter().take(nk).map(|f| f.as_ref().clone()).collect::<Vec<_>>(),
+                ));
+                let mut scratch = new_group_values(key_schema, &GroupOrdering::None)?;
+                let mut ids = Vec::with_capacity(n);
+                scratch.intern(&all.columns()[..nk], &mut ids)?;
+                let mut last = vec![0usize; scratch.len()];
+                for (row, g) in ids.iter().enumerate() {
+                    last[*g] = row;
+                }
+                let num = last.len();
+                (last, num)
+            }
+            None if n > 0 => (vec![n - 1], 1),
+            None => (Vec::new(), 0),
         };
-        columns.extend(self.evaluate_all()?);
+        let picked = arrow_select::take::take_record_batch(
+            &all,
+            &arrow_array::UInt32Array::from(last.iter().map(|r| *r as u32).collect::<Vec<_>>()),
+        )?;
+        self.accumulators =
+            self.aggs.iter().map(|(f, _)| group_accumulator(f)).collect::<datafusion::error::Result<Vec<_>>>()?;
+        let mut idx = Vec::with_capacity(num);
+        if let Some(groups) = &mut self.groups {
+            groups.clear_shrink(0);
+            groups.intern(&picked.columns()[..nk], &mut idx)?;
+        } else {
+            idx = (0..num).collect();
+        }
+        self.num_groups = num;
+        let mut col = nk;
+        for ((agg, _), acc) in self.aggs.iter().zip(self.accumulators.iter_mut()) {
+            let width = agg.state_fields()?.len();
+            let st: Vec<ArrayRef> = picked.columns()[col..col + width].to_vec();
+            acc.merge_batch(&st, &idx, num)?;
+            col += width;
+        }
+        self.touched = vec![false; num];
+        self.touched_list.clear();
+        Ok(())
+    }
+
+    async fn process(
+        &mut self,
+        ctx: &SessionContext,
+        mode: OutputMode,
+    ) -> datafusion::error::Result<(Vec<RecordBatch>, Option<RecordBatch>)> {
+        for b in execute(ctx, &self.below).await? {
+            self.update(&b)?;
+        }
+        self.last_updated = self.touched_list.len() as u64;
+        if self.num_groups == 0 || (mode != OutputMode::Complete && self.touched_list.is_empty()) {
+            self.reset_touched();
+            return Ok((Vec::new(), None));
+        }
+        let keys = self.keys()?;
+        let states = self.states()?;
+        let mut changed = self.touched_list.clone();
+        changed.sort_unstable();
+        let delta = self.state_rows(&keys, &states, Some(&changed))?;
+        let mut columns = keys;
+        columns.extend(self.evaluate(&states)?);
         let columns = columns
             .into_iter()
             .zip(self.out_schema.fields())
             .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { arrow_cast::cast(&c, f.data_type()) })
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let mut batch = RecordBatch::try_new(self.out_schema.clone(), columns)?;
+        let opts = arrow_array::RecordBatchOptions::new().with_row_count(Some(self.num_groups));
+        let mut batch = RecordBatch::try_new_with_options(self.out_schema.clone(), columns, &opts)?;
         if mode == OutputMode::Update {
-            let mut changed = self.touched_list.clone();
-            changed.sort_unstable();
             let indices = arrow_array::UInt32Array::from(changed);
             batch = arrow_select::take::take_record_batch(&batch, &indices)?;
         }
@@ -479,7 +668,14 @@ impl Aggregator {
         self.out.set(vec![batch]);
         let result = execute(ctx, &self.above).await;
         self.out.set(Vec::new());
-        result
+        Ok((result?, Some(delta)))
+    }
+
+    /// Every key's state, for a snapshot.
+    fn full_state(&mut self) -> datafusion::error::Result<RecordBatch> {
+        let keys = self.keys()?;
+        let states = self.states()?;
+        self.state_rows(&keys, &states, None)
     }
 
     fn reset_touched(&mut self) {
@@ -496,6 +692,7 @@ impl Aggregator {
             num_rows_total: self.num_groups as u64,
             num_rows_updated: self.last_updated,
             memory_used_bytes: (acc + keys) as u64,
+            commit_time_ms: self.commit_ms,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
 
 mod config_errors;
+mod recovery;
 mod sandbox;
 mod sources;
 mod wordcount;

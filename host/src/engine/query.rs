@@ -34,9 +34,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(name: Option<String>) -> Self {
+    pub(crate) fn new(name: Option<String>, id: Option<Uuid>) -> Self {
         Shared {
-            id: Uuid::new_v4(),
+            id: id.unwrap_or_else(Uuid::new_v4),
             run_id: Uuid::new_v4(),
             name,
             progress: Mutex::new(VecDeque::new()),
@@ -97,7 +97,7 @@ impl std::fmt::Debug for StreamingQuery {
 
 impl StreamingQuery {
     pub(crate) fn start(query: super::Query) -> Self {
-        let shared = Arc::new(Shared::new(query.name.clone()));
+        let shared = Arc::new(Shared::new(query.name.clone(), query.id));
         let cancel = CancellationToken::new();
         let (s, c) = (shared.clone(), cancel.clone());
         let task = tokio::spawn(async move {

@@ -61,8 +61,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
-/// New complete files in `dir`, oldest first (by modification time, then name).
+/// New complete files in `dir`, oldest first (by modification time, then name). A directory
+/// written by a Sluice (or Spark) file sink is read through its commit log, so only committed
+/// files are seen.
 fn list(dir: &Path) -> Result<Vec<(std::time::SystemTime, PathBuf)>> {
+    if let Some(files) = crate::sink::file::committed_files(dir)? {
+        let t0 = std::time::UNIX_EPOCH;
+        return Ok(files
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (t0 + std::time::Duration::from_nanos(i as u64), p))
+            .collect());
+    }
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let entry = entry.map_err(io(dir))?;
@@ -394,8 +404,46 @@ fn infer_parquet(dir: &Path) -> Result<SchemaRef> {
     Ok(b.schema().clone())
 }
 
+fn off(o: &Offset) -> Result<u64> {
+    o.field_u64("file source", "logOffset")
+}
+
 #[async_trait::async_trait]
 impl Source for FileSource {
+    fn log_entry(&self, start: Option<&Offset>, end: &Offset) -> Option<serde_json::Value> {
+        let from = start.map(off).transpose().ok()?.unwrap_or(0) as usize;
+        let to = off(end).ok()? as usize;
+        let files: Vec<String> = self.log.get(from..to)?.iter().map(|p| p.display().to_string()).collect();
+        Some(serde_json::json!({ "startIndex": from, "files": files }))
+    }
+    async fn restore(&mut self, log: Vec<(u64, serde_json::Value)>, _last: Option<&Offset>) -> Result<()> {
+        self.log.clear();
+        self.seen.clear();
+        for (batch, entry) in log {
+            let start = entry.get("startIndex").and_then(|v| v.as_u64());
+            let files = entry.get("files").and_then(|v| v.as_array());
+            let (Some(start), Some(files)) = (start, files) else {
+                return Err(
+                    self.err(format!("source log entry of batch {batch} is malformed: {entry}"), ErrorKind::External)
+                );
+            };
+            if start as usize != self.log.len() {
+                return Err(self.err(
+                    format!(
+                        "source log entry of batch {batch} starts at file {start} but {} files precede it",
+                        self.log.len()
+                    ),
+                    ErrorKind::External,
+                ));
+            }
+            for f in files {
+                let p = PathBuf::from(f.as_str().unwrap_or_default());
+                self.seen.insert(p.clone());
+                self.log.push(p);
+            }
+        }
+        Ok(())
+    }
     fn description(&self) -> String {
         format!("FileStreamSource[{}]", self.dir.display())
     }
@@ -417,16 +465,16 @@ impl Source for FileSource {
         if self.bound.is_none() {
             self.refresh().await?;
         }
-        let from = start.map(|o| o.as_u64("file source")).transpose()?.unwrap_or(0);
+        let from = start.map(off).transpose()?.unwrap_or(0);
         let mut end = self.bound.unwrap_or(self.log.len() as u64).min(self.log.len() as u64);
         if let (ReadLimit::Default, Some(max)) = (limit, self.max_files) {
             end = end.min(from + max as u64);
         }
-        Ok((end > from).then(|| Offset::from_u64(end)))
+        Ok((end > from).then(|| Offset(serde_json::json!({ "logOffset": end }))))
     }
     async fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Partitioned> {
-        let from = start.map(|o| o.as_u64("file source")).transpose()?.unwrap_or(0) as usize;
-        let to = end.as_u64("file source")? as usize;
+        let from = start.map(off).transpose()?.unwrap_or(0) as usize;
+        let to = off(end)? as usize;
         let files = self.log.get(from..to).ok_or_else(|| {
             self.err(format!("offsets {from}..{to} are beyond the {} files seen", self.log.len()), ErrorKind::Internal)
         })?;

@@ -105,14 +105,22 @@ impl Source for RateSource {
         Ok(())
     }
     async fn latest_offset(&mut self, start: Option<&Offset>, _: ReadLimit) -> Result<Option<Offset>> {
-        let from = start.map(|o| o.as_u64(C)).transpose()?.unwrap_or(0);
+        let from = start.map(|o| o.field_u64(C, "rows")).transpose()?.unwrap_or(0);
         let to = self.available();
-        Ok((to > from).then(|| Offset::from_u64(to)))
+        let start_ms = self.start_ms.ok_or_else(|| Error::Internal("rate source used before start".into()))?;
+        Ok((to > from).then(|| Offset(serde_json::json!({ "rows": to, "startMs": start_ms }))))
     }
     async fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Partitioned> {
-        let from = start.map(|o| o.as_u64(C)).transpose()?.unwrap_or(0);
-        let to = end.as_u64(C)?;
-        let start_ms = self.start_ms.ok_or_else(|| Error::Internal("rate source read before start".into()))?;
+        let from = start.map(|o| o.field_u64(C, "rows")).transpose()?.unwrap_or(0);
+        let to = end.field_u64(C, "rows")?;
+        // The start time travels with the offset, so a replay makes the same timestamps.
+        let start_ms = end.field_u64(C, "startMs")?;
         generate(&self.schema, start_ms, self.rows_per_second, from, to, self.num_partitions)
+    }
+    async fn restore(&mut self, _log: Vec<(u64, serde_json::Value)>, last: Option<&Offset>) -> Result<()> {
+        if let Some(o) = last {
+            self.start_ms = Some(o.field_u64(C, "startMs")?);
+        }
+        Ok(())
     }
 }

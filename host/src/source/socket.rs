@@ -36,6 +36,8 @@ pub(crate) struct SocketSource {
     host: String,
     port: u16,
     include_timestamp: bool,
+    /// The user accepts losing uncommitted lines on a crash (required with a checkpoint).
+    pub(crate) at_most_once: bool,
     schema: SchemaRef,
     buffer: Arc<Mutex<Buffer>>,
     bound: Option<u64>,
@@ -44,11 +46,12 @@ pub(crate) struct SocketSource {
 
 impl SocketSource {
     pub(crate) fn try_new(options: &Options) -> Result<Self> {
-        options.check(C, &["host", "port", "includeTimestamp"])?;
+        options.check(C, &["host", "port", "includeTimestamp", "atMostOnce"])?;
         let host = options.require(C, "host", Some("e.g. host = \"localhost\""))?.to_string();
         let port = options.require(C, "port", Some("e.g. port = \"9999\""))?;
         let port: u16 = port.trim().parse().map_err(|_| options.invalid(C, "port", "expected a TCP port number"))?;
         let include_timestamp = options.bool_or(C, "includeTimestamp", false)?;
+        let at_most_once = options.bool_or(C, "atMostOnce", false)?;
         let mut fields = vec![Field::new("value", DataType::Utf8, false)];
         if include_timestamp {
             fields.push(Field::new("timestamp", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false));
@@ -57,6 +60,7 @@ impl SocketSource {
             host,
             port,
             include_timestamp,
+            at_most_once,
             schema: Arc::new(Schema::new(fields)),
             buffer: Arc::default(),
             bound: None,
@@ -111,6 +115,9 @@ impl Source for SocketSource {
     }
     fn replayable(&self) -> bool {
         false
+    }
+    fn accepts_at_most_once(&self) -> bool {
+        self.at_most_once
     }
     async fn start(&mut self) -> Result<()> {
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| {

@@ -1,0 +1,135 @@
+//! The state store: versioned keyed state per stateful operator and partition.
+//!
+//! Version V is the state after batches 0..V-1. Batch N loads version N and writes version N+1
+//! as a **delta** (`state/<op>/<part>/<N+1>.delta`: the rows of the keys batch N changed), plus,
+//! every `min_deltas_for_snapshot` versions, a **snapshot** (`<V>.snapshot`: every key). Both
+//! are Arrow IPC files (a torn file fails to decode and is reported with its path). Loading V
+//! reads the latest snapshot at or below V and the deltas after it, in order; for each key the
+//! last row wins. A re-run of batch N overwrites version N+1, so replays are idempotent.
+//! Versions older than the latest snapshot that still covers `min_batches_to_retain` batches
+//! are deleted.
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use bytes::Bytes;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+
+/// Snapshot every this many versions (Spark's `minDeltasForSnapshot`).
+pub(crate) const MIN_DELTAS_FOR_SNAPSHOT: u64 = 10;
+/// Versions kept for recovery and inspection (Spark's `minBatchesToRetain`).
+pub(crate) const MIN_BATCHES_TO_RETAIN: u64 = 100;
+
+/// One operator partition's versioned state in a checkpoint.
+#[derive(Clone, Debug)]
+pub(crate) struct StateStore {
+    ckpt: Checkpoint,
+    dir: String,
+}
+
+fn encode(schema: &SchemaRef, batch: &RecordBatch) -> Result<Bytes> {
+    let mut w = arrow_ipc::writer::FileWriter::try_new(Vec::new(), schema)?;
+    w.write(batch)?;
+    w.finish()?;
+    Ok(Bytes::from(w.into_inner()?))
+}
+
+impl StateStore {
+    pub(crate) fn new(ckpt: Checkpoint, operator: usize, partition: u32) -> Self {
+        StateStore { ckpt, dir: format!("state/{operator}/{partition}") }
+    }
+
+    fn decode(&self, rel: &str, bytes: Bytes) -> Result<Vec<RecordBatch>> {
+        let reader = arrow_ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
+            .map_err(|e| Error::CorruptCheckpoint { path: self.ckpt.name(rel), reason: e.to_string() })?;
+        reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::CorruptCheckpoint { path: self.ckpt.name(rel), reason: e.to_string() })
+    }
+
+    /// Versions present, as (version, is_snapshot), ascending.
+    async fn versions(&self) -> Result<Vec<(u64, bool)>> {
+        let mut v: Vec<(u64, bool)> = self
+            .ckpt
+            .list(&self.dir)
+            .await?
+            .iter()
+            .filter_map(|n| {
+                let (num, ext) = n.split_once('.')?;
+                Some((num.parse().ok()?, ext == "snapshot"))
+            })
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// The state at `version`: snapshot rows then delta rows, in order (last row per key wins).
+    pub(crate) async fn load(&self, version: u64) -> Result<Vec<RecordBatch>> {
+        if version == 0 {
+            return Ok(Vec::new());
+        }
+        let versions = self.versions().await?;
+        let base = versions.iter().filter(|(v, snap)| *snap && *v <= version).map(|(v, _)| *v).max().unwrap_or(0);
+        let mut out = Vec::new();
+        if base > 0 {
+            let rel = format!("{}/{base}.snapshot", self.dir);
+            let bytes = self.ckpt.read(&rel).await?.ok_or_else(|| Error::Internal(format!("{rel} vanished")))?;
+            out.extend(self.decode(&rel, bytes)?);
+        }
+        for v in base + 1..=version {
+            let rel = format!("{}/{v}.delta", self.dir);
+            let bytes = self.ckpt.read(&rel).await?.ok_or_else(|| Error::CorruptCheckpoint {
+                path: self.ckpt.name(&rel),
+                reason: format!("missing: state version {version} needs every delta after snapshot {base}"),
+            })?;
+            out.extend(self.decode(&rel, bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes `version`: the delta, and a snapshot from `full` when one is due.
+    pub(crate) async fn commit(
+        &self,
+        version: u64,
+        schema: &SchemaRef,
+        delta: &RecordBatch,
+        full: impl FnOnce() -> Result<RecordBatch>,
+    ) -> Result<()> {
+        self.ckpt.put(&format!("{}/{version}.delta", self.dir), encode(schema, delta)?).await?;
+        if version % MIN_DELTAS_FOR_SNAPSHOT == 0 {
+            let snapshot = full()?;
+            self.ckpt.put(&format!("{}/{version}.snapshot", self.dir), encode(schema, &snapshot)?).await?;
+            self.purge(version).await?;
+        }
+        Ok(())
+    }
+
+    async fn purge(&self, current: u64) -> Result<()> {
+        let Some(horizon) = current.checked_sub(MIN_BATCHES_TO_RETAIN) else { return Ok(()) };
+        let versions = self.versions().await?;
+        // The oldest snapshot we must keep: the latest one at or below the horizon.
+        let Some(keep_from) = versions.iter().filter(|(v, s)| *s && *v <= horizon).map(|(v, _)| *v).max() else {
+            return Ok(());
+        };
+        for (v, snap) in versions.into_iter().filter(|(v, _)| *v < keep_from) {
+            let ext = if snap { "snapshot" } else { "delta" };
+            self.ckpt.delete(&format!("{}/{v}.{ext}", self.dir)).await?;
+        }
+        Ok(())
+    }
+
+    /// The schema fingerprint stored with the state, if any.
+    pub(crate) async fn schema_fingerprint(&self) -> Result<Option<String>> {
+        Ok(self
+            .ckpt
+            .read(&format!("{}/_metadata/schema", self.dir))
+            .await?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Records the state's schema fingerprint.
+    pub(crate) async fn write_schema_fingerprint(&self, fp: &str) -> Result<()> {
+        self.ckpt.put(&format!("{}/_metadata/schema", self.dir), Bytes::from(fp.to_string())).await
+    }
+}
