@@ -195,6 +195,36 @@ impl Checkpoint {
         Ok(res.objects.into_iter().filter_map(|o| o.location.filename().map(str::to_string)).collect())
     }
 
+    /// Sub-directory names directly under `dir`.
+    pub(crate) async fn list_dirs(&self, dir: &str) -> Result<Vec<String>> {
+        let prefix = self.path(dir);
+        match self.store.list_with_delimiter(Some(&prefix)).await {
+            Ok(r) => Ok(r.common_prefixes.into_iter().filter_map(|p| p.filename().map(str::to_string)).collect()),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(store_err(&self.name(dir), e)),
+        }
+    }
+
+    /// Size in bytes of `rel`, if it exists.
+    pub(crate) async fn size(&self, rel: &str) -> Result<Option<u64>> {
+        match self.store.head(&self.path(rel)).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_err(&self.name(rel), e)),
+        }
+    }
+
+    /// Opens an existing checkpoint, failing if `location` has none.
+    pub(crate) async fn open_existing(location: &std::path::Path) -> Result<Self> {
+        if !location.join("metadata").exists() && !location.join("offsets").exists() {
+            return Err(Error::Checkpoint {
+                location: location.display().to_string(),
+                message: "no checkpoint here (no metadata, no offsets/)".into(),
+            });
+        }
+        Self::open(location)
+    }
+
     /// Batch ids with a file in `dir` (`offsets`, `commits`, ...), ascending.
     pub(crate) async fn batch_ids(&self, dir: &str) -> Result<Vec<u64>> {
         let mut ids: Vec<u64> = self.list(dir).await?.iter().filter_map(|n| n.parse().ok()).collect();

@@ -33,6 +33,7 @@ mod checkpoint;
 mod config;
 mod engine;
 mod error;
+mod inspect;
 mod options;
 mod plugin;
 mod schema;
@@ -49,6 +50,7 @@ pub use engine::progress::{
     PluginProgress, SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress, StreamingQueryStatus,
 };
 pub use error::{Error, ErrorKind, Limit, Result};
+pub use inspect::{BatchReport, CheckpointReport, OperatorReport, inspect_checkpoint, read_state};
 pub use options::Options;
 pub use plugin::{PluginLimits, default_cache_dir};
 pub use schema::parse_ddl;

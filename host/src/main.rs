@@ -27,6 +27,11 @@ enum Command {
         /// The pipeline file (TOML).
         file: PathBuf,
     },
+    /// Look into a checkpoint.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     /// Run the word-count benchmark and print the figures.
     Bench {
         /// Lines of generated input (over 20 files).
@@ -38,6 +43,29 @@ enum Command {
         /// Work directory for generated data.
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Batches, offsets, watermark and state sizes per operator.
+    Inspect {
+        /// The checkpoint location.
+        dir: PathBuf,
+    },
+    /// Print a stateful operator's state at a batch as a table (like Spark's state data source).
+    State {
+        /// The checkpoint location.
+        dir: PathBuf,
+        /// Operator id (the step index); default: the only stateful operator.
+        #[arg(long)]
+        operator: Option<usize>,
+        /// The state after this batch; default: the latest committed batch.
+        #[arg(long)]
+        batch: Option<u64>,
+        /// Rows to print.
+        #[arg(long, default_value_t = 20)]
+        num_rows: usize,
     },
 }
 
@@ -105,6 +133,18 @@ async fn run(command: Command) -> sluice::Result<()> {
             let schema = session.validate(&spec).await?;
             let cols: Vec<String> = schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
             println!("{}: OK; output columns: {}", file.display(), cols.join(", "));
+            Ok(())
+        }
+        Command::Checkpoint { command: CheckpointCommand::Inspect { dir } } => {
+            print!("{}", sluice::inspect_checkpoint(&dir).await?);
+            Ok(())
+        }
+        Command::Checkpoint { command: CheckpointCommand::State { dir, operator, batch, num_rows } } => {
+            let t = sluice::read_state(&dir, operator, batch).await?;
+            let shown = t.slice(0, num_rows.min(t.num_rows()));
+            let table = arrow_cast::pretty::pretty_format_batches(&[shown]).map_err(sluice::Error::from)?;
+            println!("{table}");
+            println!("{} keys", t.num_rows());
             Ok(())
         }
         Command::Bench { lines, plugins, dir } => sluice::bench::run(lines, &plugins, &dir).await,

@@ -329,6 +329,8 @@ struct Aggregator {
     above: LogicalPlan,
     out: Slot,
     out_schema: SchemaRef,
+    /// The aggregate's output column names (group keys, then aggregates).
+    names: Vec<String>,
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
     aggs: Vec<(Arc<AggregateFunctionExpr>, Option<Arc<dyn PhysicalExpr>>)>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
@@ -422,11 +424,13 @@ impl Aggregator {
         ));
         let groups =
             if group_exprs.is_empty() { None } else { Some(new_group_values(key_schema, &GroupOrdering::None)?) };
+        let names = agg_df.fields().iter().map(|f| f.name().clone()).collect();
         Ok(Aggregator {
             below,
             above,
             out,
             out_schema,
+            names,
             group_exprs,
             aggs,
             accumulators,
@@ -532,14 +536,24 @@ impl Aggregator {
 
     /// The schema of state rows: the group keys, then each aggregate's state fields.
     fn state_schema(&self) -> datafusion::error::Result<SchemaRef> {
-        let mut fields: Vec<Field> =
-            self.out_schema.fields().iter().take(self.group_exprs.len()).map(|f| f.as_ref().clone()).collect();
+        let nk = self.group_exprs.len();
+        let mut fields: Vec<Field> = self
+            .out_schema
+            .fields()
+            .iter()
+            .zip(&self.names)
+            .take(nk)
+            .map(|(f, name)| f.as_ref().clone().with_name(name))
+            .collect();
         for (i, (agg, _)) in self.aggs.iter().enumerate() {
             for f in agg.state_fields()? {
-                fields.push(Field::new(format!("a{i}_{}", f.name()), f.data_type().clone(), true));
+                // `count(*)[count]`, `avg(x)[sum]`: the output column and the state field.
+                let part = f.name().rsplit_once('[').map(|(_, p)| p.trim_end_matches(']')).unwrap_or(f.name());
+                fields.push(Field::new(format!("{}[{part}]", self.names[nk + i]), f.data_type().clone(), true));
             }
         }
-        Ok(Arc::new(Schema::new(fields)))
+        let metadata = [(crate::state::KEYS_METADATA.to_string(), self.group_exprs.len().to_string())].into();
+        Ok(Arc::new(Schema::new_with_metadata(fields, metadata)))
     }
 
     /// What the state's layout depends on: group key types and aggregate functions. A restart

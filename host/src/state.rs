@@ -133,3 +133,51 @@ impl StateStore {
         self.ckpt.put(&format!("{}/_metadata/schema", self.dir), Bytes::from(fp.to_string())).await
     }
 }
+
+/// Schema metadata key holding the number of key columns at the front of a state row.
+pub(crate) const KEYS_METADATA: &str = "sluice.keys";
+
+/// Keeps the last row of each key (the first `keys` columns), in first-seen key order.
+pub(crate) fn last_per_key(schema: &SchemaRef, rows: &[RecordBatch], keys: usize) -> Result<RecordBatch> {
+    let all = arrow_select::concat::concat_batches(schema, rows)?;
+    if keys == 0 {
+        return Ok(if all.num_rows() == 0 { all } else { all.slice(all.num_rows() - 1, 1) });
+    }
+    let fields =
+        all.schema().fields().iter().take(keys).map(|f| arrow_row::SortField::new(f.data_type().clone())).collect();
+    let converter = arrow_row::RowConverter::new(fields)?;
+    let converted = converter.convert_columns(&all.columns()[..keys])?;
+    let mut index: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
+    let mut order: Vec<u32> = Vec::new();
+    for (i, row) in converted.iter().enumerate() {
+        match index.get(row.as_ref()) {
+            Some(&slot) => order[slot] = i as u32,
+            None => {
+                index.insert(row.data(), order.len());
+                order.push(i as u32);
+            }
+        }
+    }
+    Ok(arrow_select::take::take_record_batch(&all, &arrow_array::UInt32Array::from(order))?)
+}
+
+impl StateStore {
+    /// The latest version present.
+    pub(crate) async fn latest_version(&self) -> Result<Option<u64>> {
+        Ok(self.versions().await?.last().map(|(v, _)| *v))
+    }
+
+    /// Total bytes of the files of this store.
+    pub(crate) async fn files(&self) -> Result<Vec<(u64, bool)>> {
+        self.versions().await
+    }
+
+    /// The state at `version` as one table: for each key, its latest row.
+    pub(crate) async fn read_table(&self, version: u64) -> Result<Option<RecordBatch>> {
+        let rows = self.load(version).await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let schema = first.schema();
+        let keys: usize = schema.metadata().get(KEYS_METADATA).and_then(|k| k.parse().ok()).unwrap_or(0);
+        Ok(Some(last_per_key(&schema, &rows, keys)?))
+    }
+}

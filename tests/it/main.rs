@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
 
+mod checkpoints;
 mod config_errors;
 mod recovery;
 mod sandbox;
