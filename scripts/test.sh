@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 
 scripts/build-plugins.sh
 
+echo "==> starting a local S3-compatible server (moto) for the checkpoint tests"
+eval "$(scripts/s3-server.sh start)"
+trap 'scripts/s3-server.sh stop' EXIT
+
 echo "==> unit and integration tests (the crash tests run the sluice binary)"
 cargo build --release -p sluice
 cargo test --release -p sluice -p sluice-sdk -p sluice-tests
@@ -23,4 +27,8 @@ echo "$out" | grep -Eq "^\| the +\| $expected +\|$" || { echo "error: wordcount_
 "$bin" run examples/wordcount_sql.toml > /dev/null
 "$bin" run examples/events_json.toml > /dev/null
 "$bin" run examples/json_plugin.toml > /dev/null
+rm -rf examples/ckpt/wordcount examples/out/wordcount
+"$bin" run examples/wordcount_checkpoint.toml
+"$bin" checkpoint inspect examples/ckpt/wordcount
+"$bin" checkpoint state examples/ckpt/wordcount --num-rows 5
 echo "examples: OK"

@@ -168,6 +168,49 @@ pub async fn run(lines: usize, plugins: &Path, dir: &Path) -> Result<()> {
         println!("| {name} | {:.2} s | {:.2} M | {:.1} | {groups} |", s, lines as f64 / s / 1e6, mb / s);
     }
 
+    // Checkpointing cost: the same word count, 100k-line batches, with and without a checkpoint.
+    println!("\n## Checkpointing cost (plugin word count, 1 file = {} lines per batch, 20 batches)\n", lines / 20);
+    println!("| checkpoint | time | lines/s | cost |");
+    println!("|---|---|---|---|");
+    let mut base = None;
+    for with in [false, true] {
+        let mut best_t = Duration::MAX;
+        for run in 0..3 {
+            let ckpt = dir.join(format!("_ckpt_{run}"));
+            let _ = std::fs::remove_dir_all(&ckpt);
+            let df = session.read_stream().format("text").option("maxFilesPerTrigger", 1).load_path(dir);
+            let mut w = df
+                .plugin(&split_words, [("column", "value")])
+                .sql("SELECT word, count(*) AS count FROM input GROUP BY word")
+                .write_stream()
+                .format("noop")
+                .output_mode(OutputMode::Update)
+                .trigger(Trigger::AvailableNow);
+            if with {
+                w = w.option("checkpointLocation", ckpt.display());
+            }
+            let t = Instant::now();
+            let q = w.start().await?;
+            q.await_termination().await?;
+            best_t = best_t.min(t.elapsed());
+            let _ = std::fs::remove_dir_all(&ckpt);
+        }
+        let s = best_t.as_secs_f64();
+        let cost = match base {
+            None => {
+                base = Some(s);
+                "—".to_string()
+            }
+            Some(b) => format!("{:+.1}%", (s / b - 1.0) * 100.0),
+        };
+        println!(
+            "| {} | {:.2} s | {:.2} M | {cost} |",
+            if with { "every batch" } else { "none" },
+            s,
+            lines as f64 / s / 1e6
+        );
+    }
+
     // Start-up with a cached compiled plugin: start() to first batch committed.
     let small = dir.join("_startup");
     std::fs::create_dir_all(&small).map_err(|source| Error::Io { path: small.clone(), source })?;

@@ -124,12 +124,30 @@ fn store_err(location: &str, e: object_store::Error) -> Error {
 }
 
 impl Checkpoint {
-    /// Opens (does not create) the checkpoint at `location`: a local directory.
+    /// Opens the checkpoint at `location`: a local directory (created if missing) or an
+    /// `s3://bucket/prefix` URL (credentials, region and endpoint from the usual `AWS_*`
+    /// environment variables, e.g. `AWS_ENDPOINT` and `AWS_ALLOW_HTTP=true` for a local
+    /// S3-compatible server).
     pub(crate) fn open(location: &std::path::Path) -> Result<Self> {
+        let text = location.to_string_lossy().into_owned();
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let store = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| store_err(&text, e))?;
+            let root = ObjectPath::from(prefix.trim_end_matches('/'));
+            return Ok(Checkpoint { store: Arc::new(store), root, display: text });
+        }
+        if text.contains("://") {
+            return Err(Error::Checkpoint {
+                location: text,
+                message: "unsupported scheme; use a local path or s3://bucket/prefix".into(),
+            });
+        }
         std::fs::create_dir_all(location).map_err(|source| Error::Io { path: location.to_path_buf(), source })?;
-        let store = object_store::local::LocalFileSystem::new_with_prefix(location)
-            .map_err(|e| store_err(&location.display().to_string(), e))?;
-        Ok(Checkpoint { store: Arc::new(store), root: ObjectPath::default(), display: location.display().to_string() })
+        let store = object_store::local::LocalFileSystem::new_with_prefix(location).map_err(|e| store_err(&text, e))?;
+        Ok(Checkpoint { store: Arc::new(store), root: ObjectPath::default(), display: text })
     }
 
     /// Where the checkpoint is, as the user wrote it.
@@ -139,7 +157,7 @@ impl Checkpoint {
 
     fn path(&self, rel: &str) -> ObjectPath {
         let mut p = self.root.clone();
-        for part in rel.split('/') {
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
             p = p.join(part);
         }
         p
@@ -216,13 +234,21 @@ impl Checkpoint {
 
     /// Opens an existing checkpoint, failing if `location` has none.
     pub(crate) async fn open_existing(location: &std::path::Path) -> Result<Self> {
-        if !location.join("metadata").exists() && !location.join("offsets").exists() {
+        let local = !location.to_string_lossy().contains("://");
+        if local && !location.exists() {
             return Err(Error::Checkpoint {
                 location: location.display().to_string(),
+                message: "no such directory".into(),
+            });
+        }
+        let c = Self::open(location)?;
+        if c.read("metadata").await?.is_none() && c.batch_ids("offsets").await?.is_empty() {
+            return Err(Error::Checkpoint {
+                location: c.display.clone(),
                 message: "no checkpoint here (no metadata, no offsets/)".into(),
             });
         }
-        Self::open(location)
+        Ok(c)
     }
 
     /// Batch ids with a file in `dir` (`offsets`, `commits`, ...), ascending.

@@ -203,8 +203,9 @@ impl PipelineSpec {
         })?;
         let loc = Locator { file, text };
         let resolve = |p: &str| {
+            let url = p.contains("://");
             let p = PathBuf::from(p);
-            if p.is_absolute() { p } else { base.join(p) }
+            if p.is_absolute() || url { p } else { base.join(p) }
         };
 
         let src_at = Some(loc.at(raw.source.span().start));

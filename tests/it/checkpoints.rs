@@ -186,3 +186,32 @@ async fn a_file_sink_needs_a_checkpoint_and_its_output_is_readable_by_the_file_s
 fn strings(rows: &[arrow_array::RecordBatch], col: &str) -> Vec<Option<String>> {
     rows.iter().flat_map(|b| column_strings(b, col)).collect()
 }
+
+/// The S3 bucket the test script's local server provides; fails (not skips) without it.
+fn s3_bucket() -> String {
+    std::env::var("SLUICE_TEST_S3_BUCKET").unwrap_or_else(|_| {
+        panic!("SLUICE_TEST_S3_BUCKET is not set: run the tests with scripts/test.sh, which starts a local S3-compatible server (moto) on 127.0.0.1 and sets AWS_ENDPOINT and friends")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_on_s3_recover_state_and_offsets() {
+    let bucket = s3_bucket();
+    let (input, out, _) = setup("ckpt-s3");
+    let ckpt = std::path::PathBuf::from(format!(
+        "s3://{bucket}/ckpt-{}",
+        std::process::id() as u128 * 1000 + (uuid_like() % 1000)
+    ));
+    run_wordcount(&input, &out, &ckpt, COUNT).await.expect("first run on S3");
+    put_file(&input, "c.txt", "x z z\n");
+    run_wordcount(&input, &out, &ckpt, COUNT).await.expect("second run on S3");
+    let report = sluice::inspect_checkpoint(&ckpt).await.expect("inspect S3 checkpoint");
+    assert_eq!(report.batches.len(), 3);
+    assert!(report.batches.iter().all(|b| b.committed));
+    let state = sluice::read_state(&ckpt, None, None).await.expect("state");
+    let col = state.schema().field(1).name().clone();
+    let c = counts(&[state], "word", &col);
+    assert_eq!(c.get("x"), Some(&3));
+    assert_eq!(c.get("y"), Some(&2));
+    assert_eq!(c.get("z"), Some(&3));
+}

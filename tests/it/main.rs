@@ -43,7 +43,7 @@ pub fn tempdir(tag: &str) -> PathBuf {
     d
 }
 
-fn uuid_like() -> u128 {
+pub fn uuid_like() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
