@@ -114,12 +114,12 @@ fn batch(rows: usize) -> Result<RecordBatch> {
 
 fn native_filter(schema: &SchemaRef, input: &RecordBatch) -> Result<RecordBatch> {
     // The same work the plugin does, natively: IPC in, filter, IPC out.
-    let (_, batches) = decode_ipc(&encode_ipc(schema, std::slice::from_ref(input))?)?;
+    let (_, batches) = decode_ipc(encode_ipc(schema, std::slice::from_ref(input))?)?;
     let b = &batches[0];
     let col = b.column(0).as_any().downcast_ref::<Int64Array>().ok_or_else(|| Error::Internal("i64".into()))?;
     let keep: BooleanArray = col.values().iter().map(|v| Some(v % 2 == 0)).collect();
     let out = arrow_select::filter::filter_record_batch(b, &keep)?;
-    let (_, out) = decode_ipc(&encode_ipc(schema, &[out])?)?;
+    let (_, out) = decode_ipc(encode_ipc(schema, &[out])?)?;
     Ok(out.into_iter().next().unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
 }
 
@@ -264,8 +264,8 @@ pub async fn run(lines: usize, plugins: &Path, dir: &Path) -> Result<()> {
             debug_assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), rows);
         }
         let native = best(reps, || {
-            let (_, x) = decode_ipc(&encode_ipc(&schema, std::slice::from_ref(&b))?)?;
-            let (_, _y) = decode_ipc(&encode_ipc(&schema, &x)?)?;
+            let (_, x) = decode_ipc(encode_ipc(&schema, std::slice::from_ref(&b))?)?;
+            let (_, _y) = decode_ipc(encode_ipc(&schema, &x)?)?;
             Ok(())
         })?;
         println!(

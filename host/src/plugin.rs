@@ -391,7 +391,7 @@ impl PluginInstance {
         let bytes = self
             .call("output-schema", None, |b, s| Box::pin(async move { b.call_output_schema(s, &ipc).await }))
             .await?;
-        let (schema, _) = decode_ipc(&bytes).map_err(|e| Error::Plugin {
+        let (schema, _) = decode_ipc(bytes).map_err(|e| Error::Plugin {
             plugin: self.name.clone(),
             call: "output-schema",
             batch: None,
@@ -424,7 +424,7 @@ impl PluginInstance {
             batch: Some(ctx.batch_id),
             message,
         };
-        let (got, batches) = decode_ipc(&bytes).map_err(|e| contract(format!("returned invalid Arrow IPC: {e}")))?;
+        let (got, batches) = decode_ipc(bytes).map_err(|e| contract(format!("returned invalid Arrow IPC: {e}")))?;
         if let Some(expected) = &self.output_schema {
             if !same_fields(expected, &got) {
                 return Err(contract(format!(
@@ -458,10 +458,24 @@ pub(crate) fn encode_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<
     Ok(w.into_inner()?)
 }
 
-/// Decodes one Arrow IPC stream, validating it.
-pub(crate) fn decode_ipc(bytes: &[u8]) -> std::result::Result<(SchemaRef, Vec<RecordBatch>), arrow_schema::ArrowError> {
-    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
-    let schema = reader.schema();
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+/// Decodes one Arrow IPC stream, validating it. Array data points into `bytes` (no copy)
+/// where it is aligned.
+pub(crate) fn decode_ipc(
+    bytes: Vec<u8>,
+) -> std::result::Result<(SchemaRef, Vec<RecordBatch>), arrow_schema::ArrowError> {
+    let mut buf = arrow_buffer::Buffer::from_vec(bytes);
+    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+    let mut batches = Vec::new();
+    while !buf.is_empty() {
+        match decoder.decode(&mut buf)? {
+            Some(b) => batches.push(b),
+            None if buf.is_empty() => break,
+            None => {}
+        }
+    }
+    decoder.finish()?;
+    let schema = decoder
+        .schema()
+        .ok_or_else(|| arrow_schema::ArrowError::IpcError("the stream has no schema message".into()))?;
     Ok((schema, batches))
 }

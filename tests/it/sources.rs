@@ -169,3 +169,46 @@ async fn rate_source_is_gapless_and_the_handle_reports_progress() {
     assert!(json["durationMs"].get("triggerExecution").is_some());
     assert_eq!(json["id"].as_str().map(str::to_string), Some(q.id().to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_written_by_the_sink_is_read_back_by_the_source_with_its_schema() {
+    let dir = tempdir("parquet");
+    let input = dir.join("in");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    put_file(&input, "e.json", EVENTS);
+    let s = session();
+    let q = s
+        .read_stream()
+        .format("json")
+        .schema("user STRING, amount BIGINT, kind STRING")
+        .option("mode", "DROPMALFORMED")
+        .load_path(&input)
+        .write_stream()
+        .format("parquet")
+        .path(dir.join("pq"))
+        .option("checkpointLocation", dir.join("ckpt").display())
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .expect("start");
+    q.await_termination().await.expect("write parquet");
+    // No schema given: the parquet source takes it from the files.
+    let q = s
+        .read_stream()
+        .format("parquet")
+        .load_path(dir.join("pq"))
+        .sql("SELECT kind, sum(amount) AS total FROM input GROUP BY kind")
+        .write_stream()
+        .format("memory")
+        .query_name("pq_back")
+        .output_mode(OutputMode::Complete)
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .expect("start");
+    q.await_termination().await.expect("read parquet");
+    let (_, rows) = s.memory_table("pq_back").expect("table");
+    let t = counts(&rows, "kind", "total");
+    assert_eq!(t.get("buy"), Some(&12));
+    assert_eq!(t.get("sell"), Some(&1));
+}

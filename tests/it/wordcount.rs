@@ -119,11 +119,16 @@ async fn sql_wordcount_complete_mode_matches_plugin() {
     assert!(all.windows(2).all(|w| w[0] >= w[1]), "not sorted: {all:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn socket_wordcount_is_exact() {
+/// Serves `lines` on a real TCP socket, runs the word count `via` builds over it, and checks
+/// the counts once every word has arrived.
+async fn socket_wordcount(
+    name: &str,
+    seed: u64,
+    via: impl FnOnce(sluice::StreamingDataFrame) -> sluice::StreamingDataFrame,
+) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let lines = gen_lines(3000, 42);
+    let lines = gen_lines(3000, seed);
     let to_send = lines.clone();
     let server = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().expect("accept");
@@ -139,28 +144,21 @@ async fn socket_wordcount_is_exact() {
     });
     let expected = expected_counts(lines.iter().map(String::as_str));
     let expected_total: i64 = expected.values().sum();
-
     let s = session();
-    let q = s
-        .read_stream()
-        .format("socket")
-        .option("host", "127.0.0.1")
-        .option("port", port)
-        .load()
-        .plugin(plugin("split_words"), [("column", "value")])
-        .sql("SELECT word, count(*) AS count FROM input GROUP BY word")
+    let df = s.read_stream().format("socket").option("host", "127.0.0.1").option("port", port).load();
+    let q = via(df)
         .write_stream()
         .format("memory")
-        .query_name("sock_plugin")
+        .query_name(name)
         .output_mode(OutputMode::Complete)
         .start()
         .await
         .expect("start");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let got = s.memory_table("sock_plugin").map(|(_, r)| counts(&r, "word", "count")).unwrap_or_default();
+        let got = s.memory_table(name).map(|(_, r)| counts(&r, "word", "count")).unwrap_or_default();
         if got.values().sum::<i64>() >= expected_total || std::time::Instant::now() > deadline {
-            assert_eq!(got, expected, "socket word count via the plugin");
+            assert_eq!(got, expected, "socket word count {name}");
             break;
         }
         assert!(q.exception().is_none(), "query failed: {:?}", q.exception());
@@ -172,45 +170,18 @@ async fn socket_wordcount_is_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_wordcount_through_the_wasm_plugin_is_exact() {
+    socket_wordcount("sock_plugin", 42, |df| {
+        df.plugin(plugin("split_words"), [("column", "value")])
+            .sql("SELECT word, count(*) AS count FROM input GROUP BY word")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_wordcount_in_pure_sql_is_exact() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let lines = gen_lines(2000, 7);
-    let to_send = lines.clone();
-    let server = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
-        for l in &to_send {
-            writeln!(conn, "{l}").expect("send");
-        }
-        conn.flush().expect("flush");
-        std::thread::sleep(Duration::from_millis(300));
-    });
-    let expected = expected_counts(lines.iter().map(String::as_str));
-    let expected_total: i64 = expected.values().sum();
-    let s = session();
-    let q = s
-        .read_stream()
-        .format("socket")
-        .option("host", "127.0.0.1")
-        .option("port", port)
-        .load()
-        .sql("SELECT word, count(*) AS count FROM (SELECT explode(split(value, ' ')) AS word FROM input) w GROUP BY word")
-        .write_stream()
-        .format("memory")
-        .query_name("sock_sql")
-        .output_mode(OutputMode::Complete)
-        .start()
-        .await
-        .expect("start");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = s.memory_table("sock_sql").map(|(_, r)| counts(&r, "word", "count")).unwrap_or_default();
-        if got.values().sum::<i64>() >= expected_total || std::time::Instant::now() > deadline {
-            assert_eq!(got, expected);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    q.stop().await;
-    server.join().expect("server");
+    socket_wordcount("sock_sql", 7, |df| {
+        df.sql("SELECT word, count(*) AS count FROM (SELECT explode(split(value, ' ')) AS word FROM input) w GROUP BY word")
+    })
+    .await;
 }

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use arrow_ipc::reader::StreamReader;
+use arrow_ipc::reader::StreamDecoder;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{ArrowError, Schema, SchemaRef};
 
@@ -146,11 +146,21 @@ pub fn log(level: Level, message: &str) {
     wit_log::log(level, message);
 }
 
-/// Decodes an Arrow IPC stream into its schema and batches.
-pub fn decode_ipc(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>), Error> {
-    let reader = StreamReader::try_new(bytes, None)?;
-    let schema = reader.schema();
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+/// Decodes an Arrow IPC stream into its schema and batches. The arrays point into `bytes`
+/// (no copy) where the data is aligned.
+pub fn decode_ipc(bytes: Vec<u8>) -> Result<(SchemaRef, Vec<RecordBatch>), Error> {
+    let mut buf = arrow_buffer::Buffer::from_vec(bytes);
+    let mut decoder = StreamDecoder::new();
+    let mut batches = Vec::new();
+    while !buf.is_empty() {
+        match decoder.decode(&mut buf)? {
+            Some(b) => batches.push(b),
+            None if buf.is_empty() => break,
+            None => {}
+        }
+    }
+    decoder.finish()?;
+    let schema = decoder.schema().ok_or_else(|| Error::InvalidInput("the IPC stream has no schema message".into()))?;
     Ok((schema, batches))
 }
 
@@ -191,7 +201,7 @@ impl<T: Transform> bindings::Guest for TransformExport<T> {
     }
 
     fn output_schema(input_schema: Vec<u8>) -> Result<Vec<u8>, wit::PluginError> {
-        let (schema, _) = decode_ipc(&input_schema)?;
+        let (schema, _) = decode_ipc(input_schema)?;
         let out = with_instance::<T, _>(|t| t.output_schema(&schema))?;
         Ok(encode_ipc(&out, &[])?)
     }
@@ -203,8 +213,7 @@ impl<T: Transform> bindings::Guest for TransformExport<T> {
             watermark_ms: ctx.watermark_ms,
             batch_timestamp_ms: ctx.batch_timestamp_ms,
         };
-        let (schema, batches) = decode_ipc(&input)?;
-        drop(input);
+        let (schema, batches) = decode_ipc(input)?;
         let out = with_instance::<T, _>(|t| {
             let mut out = Vec::with_capacity(batches.len());
             for b in batches {
