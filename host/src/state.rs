@@ -181,3 +181,71 @@ impl StateStore {
         Ok(Some(last_per_key(&schema, &rows, keys)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn rows(schema: &SchemaRef, keys: &[&str], values: &[i64]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(keys.to_vec())), Arc::new(Int64Array::from(values.to_vec()))],
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn deltas_snapshots_last_row_wins_and_retention() {
+        let dir = std::env::temp_dir().join(format!("sluice-state-{}", uuid::Uuid::new_v4()));
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let store = StateStore::new(ckpt, 3, 0);
+        let schema: SchemaRef = Arc::new(Schema::new_with_metadata(
+            vec![Field::new("k", DataType::Utf8, true), Field::new("n", DataType::Int64, true)],
+            [(KEYS_METADATA.to_string(), "1".to_string())].into(),
+        ));
+        // Version v: key "a" = v, key "b" set at v = 1 only, key "c<v>" new each version.
+        let total = MIN_BATCHES_TO_RETAIN + 25;
+        for v in 1..=total {
+            let c = format!("c{v}");
+            let mut keys = vec!["a", c.as_str()];
+            let mut vals = vec![v as i64, 1];
+            if v == 1 {
+                keys.push("b");
+                vals.push(7);
+            }
+            let delta = rows(&schema, &keys, &vals);
+            let full = || {
+                let mut k: Vec<String> = vec!["a".into(), "b".into()];
+                let mut n = vec![v as i64, 7];
+                for i in 1..=v {
+                    k.push(format!("c{i}"));
+                    n.push(1);
+                }
+                let k: Vec<&str> = k.iter().map(String::as_str).collect();
+                Ok(rows(&schema, &k, &n))
+            };
+            store.commit(v, &schema, &delta, full).await.unwrap();
+        }
+        let t = store.read_table(total).await.unwrap().unwrap();
+        assert_eq!(t.num_rows(), 2 + total as usize);
+        let k = t.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let n = t.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        let get = |key: &str| (0..t.num_rows()).find(|&i| k.value(i) == key).map(|i| n.value(i));
+        assert_eq!(get("a"), Some(total as i64));
+        assert_eq!(get("b"), Some(7));
+        // An older version is still readable (within retention).
+        let t50 = store.read_table(total - 50).await.unwrap().unwrap();
+        assert_eq!(t50.num_rows(), 2 + (total - 50) as usize);
+        // Versions older than the snapshot that covers the retention horizon are gone.
+        let files = store.files().await.unwrap();
+        let oldest = files.first().map(|(v, _)| *v).unwrap();
+        assert!(oldest > 1 && oldest <= total - MIN_BATCHES_TO_RETAIN, "oldest kept version {oldest}");
+        assert!(files.iter().any(|(v, s)| *s && *v == oldest), "the oldest kept file is a snapshot");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
