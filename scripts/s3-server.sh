@@ -4,7 +4,7 @@
 #   eval "$(scripts/s3-server.sh start)"   # prints the AWS_* variables to export
 #   scripts/s3-server.sh stop
 set -euo pipefail
-cache="${SLUICE_CACHE_DIR:-$HOME/.cache/sluice}"
+cache="${SLUICE_CACHE_DIR:-${HOME:-/tmp}/.cache/sluice}"
 venv="$cache/moto-venv"
 port="${SLUICE_S3_PORT:-5055}"
 pidfile="$cache/moto.pid"
