@@ -3,8 +3,9 @@
 //! For batch N: (1) ask the source for its latest offset, with admission limits; (2) run only if
 //! there is new data; (3) log the offsets (`walCommit`) BEFORE executing; (4) read the data and
 //! run the steps; (5) hand the output to the sink for batch N; (6) log the commit, let the
-//! source forget data up to the end offset, publish progress. Steps 3 and 6 go through
-//! [`BatchLog`]; this build keeps that log in memory (durable checkpoints come next).
+//! source forget data up to the end offset, publish progress. With a checkpoint location, steps
+//! 3 and 6 write `offsets/N` and `commits/N` (see `checkpoint`), and a restart resumes by
+//! Spark's rule (`recover`).
 //!
 //! Threading: the loop is one tokio task per query. Plugin instances of a step run as parallel
 //! tasks on the same runtime (one per input partition slot); DataFusion runs its own partitions

@@ -25,8 +25,10 @@
 //!
 //! Modules: `config` (pipeline file), `session` (Rust API), `engine` (micro-batch loop,
 //! progress), `source` (socket, rate, files), `sql` (incremental SQL on DataFusion), `plugin`
-//! (the Wasm runtime; the only module that names wasmtime), `sink` (console, memory, noop),
-//! `trigger`, `options`, `schema`, `error`.
+//! (the Wasm runtime; the only module that names wasmtime), `sink` (console, memory, noop,
+//! json/csv/parquet files), `checkpoint` (offsets and commits through object_store), `state`
+//! (versioned state store), `inspect` (checkpoint inspection and state reader), `trigger`,
+//! `options`, `schema`, `error`.
 
 pub mod bench;
 mod checkpoint;

@@ -9,8 +9,9 @@
 //! - the part above it (projection, HAVING, ORDER BY in complete mode) runs on the aggregate's
 //!   output: all groups in complete mode, the groups this batch changed in update mode.
 //!
-//! The state (group keys and accumulators) lives in memory for now; [`Aggregator::state_rows`]
-//! and the accumulators' `state`/`merge_batch` are what a durable state store builds on.
+//! The running state (group keys and accumulators) lives in memory; with a checkpoint, each
+//! batch also writes the changed keys' state rows (`Aggregator::state_rows`) to the state store,
+//! and a restart restores them into fresh accumulators with `merge_batch`.
 //! Queries a stream cannot run (ORDER BY or LIMIT without an aggregation in complete mode,
 //! window functions, several aggregations, grouping sets) are refused when the step is built,
 //! with a message that says why.
@@ -209,7 +210,7 @@ impl SqlStep {
         let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let kind = match aggregates {
             0 => Kind::Stateless(plan),
-            1 => Kind::Aggregate(Box::new(Aggregator::try_new(&ctx, &plan, &input).map_err(sql_err)?)),
+            1 => Kind::Aggregate(Box::new(Aggregator::try_new(&ctx, &plan).map_err(sql_err)?)),
             _ => {
                 return Err(unsupported(
                     "more than one aggregation in a query is not supported on streams; split it into steps or use one GROUP BY".into(),
@@ -358,7 +359,7 @@ fn group_accumulator(agg: &Arc<AggregateFunctionExpr>) -> datafusion::error::Res
 const AGG_TABLE: &str = "__sluice_aggregate";
 
 impl Aggregator {
-    fn try_new(ctx: &SessionContext, plan: &LogicalPlan, _input: &Slot) -> datafusion::error::Result<Self> {
+    fn try_new(ctx: &SessionContext, plan: &LogicalPlan) -> datafusion::error::Result<Self> {
         let mut found = None;
         plan.apply(|n| {
             if let LogicalPlan::Aggregate(a) = n {
@@ -664,7 +665,11 @@ impl Aggregator {
         let states = self.states()?;
         let mut changed = self.touched_list.clone();
         changed.sort_unstable();
-        let delta = self.state_rows(&keys, &states, Some(&changed))?;
+        // The changed keys' state rows, only when a state store will keep them.
+        let delta = match self.store {
+            Some(_) => Some(self.state_rows(&keys, &states, Some(&changed))?),
+            None => None,
+        };
         let mut columns = keys;
         columns.extend(self.evaluate(&states)?);
         let columns = columns
@@ -682,7 +687,7 @@ impl Aggregator {
         self.out.set(vec![batch]);
         let result = execute(ctx, &self.above).await;
         self.out.set(Vec::new());
-        Ok((result?, Some(delta)))
+        Ok((result?, delta))
     }
 
     /// Every key's state, for a snapshot.
