@@ -75,11 +75,14 @@ impl Query {
     pub(crate) async fn build(spec: &PipelineSpec, runtime: &PluginRuntime, tables: &MemoryTables) -> Result<Query> {
         let source = crate::source::build(&spec.source)?;
         let checkpoint = spec.checkpoint_location.as_deref().map(Checkpoint::open).transpose()?;
-        if checkpoint.is_none() && crate::sink::needs_checkpoint(&spec.sink.format) {
+        if checkpoint.is_none() && crate::sink::needs_checkpoint(&spec.sink) {
             return Err(Error::MissingOption {
                 component: format!("{} sink", spec.sink.format),
                 key: "checkpoint_location".into(),
-                hint: Some("the file sink is exactly-once: it needs a checkpoint for its offsets".into()),
+                hint: Some(format!(
+                    "the {} sink is exactly-once: it needs a checkpoint for its offsets",
+                    spec.sink.format
+                )),
                 location: spec.sink.location.clone(),
             });
         }
@@ -163,6 +166,7 @@ impl Query {
             _ => {}
         }
         let sink = crate::sink::build(&spec.sink, spec.name.as_deref(), tables)?;
+        sink.check_schema(&schema)?;
         let mut conf = BTreeMap::new();
         conf.insert("sluice.sources".to_string(), "1".to_string());
         conf.insert("sluice.source.0.format".to_string(), spec.source.format.clone());
@@ -281,6 +285,12 @@ impl Pauses {
     }
 }
 
+/// The crash-test pause (`SLUICE_TEST_PAUSE_MS`), for sinks that have a window of their own to
+/// widen (the Kafka sink pauses between writing a transaction and committing it).
+pub(crate) fn test_pause() -> Option<Duration> {
+    Pauses::from_env().0
+}
+
 /// Where a (re)started query begins.
 struct Resume {
     batch_id: u64,
@@ -373,6 +383,7 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
         Some(c) => recover(&mut q, c, &shared.id.to_string()).await?,
         None => Resume { batch_id: 0, committed: None, rerun: None },
     };
+    q.sink.start(&shared.id.to_string()).await?;
     if q.trigger.is_bounded() {
         q.source.prepare_available_now().await?;
     }
@@ -408,6 +419,10 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
         // 2. is there anything to do?
         let Some(end) = latest else {
             shared.note_idle();
+            if q.source.finished() {
+                shared.set_status("Stopped: the source reached its ending offsets", false, false);
+                return Ok(());
+            }
             if q.trigger.is_bounded() {
                 shared.set_status("Stopped: all available data processed", false, false);
                 return Ok(());
@@ -502,10 +517,11 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
             description: q.source.description(),
             start_offset: committed.as_ref().map(|o| o.0.clone()),
             end_offset: Some(end.0.clone()),
-            latest_offset: Some(end.0.clone()),
+            latest_offset: Some(q.source.latest_available().unwrap_or_else(|| end.clone()).0),
             num_input_rows,
             input_rows_per_second: input_rate,
             processed_rows_per_second: processed_rate,
+            metrics: q.source.metrics(&end),
         };
         let p = StreamingQueryProgress {
             id: shared.id.to_string(),

@@ -57,6 +57,16 @@ impl Options {
         Ok(())
     }
 
+    /// Every option whose key starts with `prefix` (case-insensitively), with the prefix removed
+    /// and the rest of the key as written: `kafka.linger.ms` → `linger.ms`.
+    pub(crate) fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let lower = prefix.to_ascii_lowercase();
+        self.entries
+            .iter()
+            .filter(move |(k, _)| k.starts_with(&lower))
+            .map(move |(_, e)| (&e.key[prefix.len()..], e.value.as_str()))
+    }
+
     /// The raw value of `key`, if set.
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.entries.get(&key.to_ascii_lowercase()).map(|e| e.value.as_str())

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 
 pub(crate) mod console;
 pub(crate) mod file;
+pub(crate) mod kafka;
 pub(crate) mod memory;
 pub(crate) mod noop;
 
@@ -58,6 +59,14 @@ impl std::fmt::Display for OutputMode {
 pub(crate) trait Sink: Send {
     /// For progress (`sink.description`).
     fn description(&self) -> String;
+    /// Checks the query's output schema when the query is built.
+    fn check_schema(&self, _schema: &SchemaRef) -> Result<()> {
+        Ok(())
+    }
+    /// Connects what the sink writes to; called once when the query starts, with its id.
+    async fn start(&mut self, _query_id: &str) -> Result<()> {
+        Ok(())
+    }
     /// Writes batch `batch_id`.
     async fn add_batch(
         &mut self,
@@ -69,17 +78,21 @@ pub(crate) trait Sink: Send {
 }
 
 /// Sink formats known to this build.
-pub(crate) const SINK_FORMATS: &[&str] = &["console", "memory", "noop", "json", "csv", "parquet"];
+pub(crate) const SINK_FORMATS: &[&str] = &["console", "memory", "noop", "kafka", "json", "csv", "parquet"];
 
-/// Whether the sink format needs a checkpoint (it promises exactly-once).
-pub(crate) fn needs_checkpoint(format: &str) -> bool {
-    matches!(format, "json" | "csv" | "parquet")
+/// Whether the sink needs a checkpoint (it promises exactly-once).
+pub(crate) fn needs_checkpoint(spec: &SinkSpec) -> bool {
+    match spec.format.as_str() {
+        "json" | "csv" | "parquet" => true,
+        "kafka" => kafka::KafkaSink::needs_checkpoint(&spec.options),
+        _ => false,
+    }
 }
 
 /// Builds the sink a spec names, checking its options and output mode.
 pub(crate) fn build(spec: &SinkSpec, query_name: Option<&str>, tables: &MemoryTables) -> Result<Box<dyn Sink>> {
     let modes: &[OutputMode] = match spec.format.as_str() {
-        "console" | "noop" | "memory" => &[OutputMode::Append, OutputMode::Update, OutputMode::Complete],
+        "console" | "noop" | "memory" | "kafka" => &[OutputMode::Append, OutputMode::Update, OutputMode::Complete],
         // Update mode on a file sink appends each batch's changed rows (a change log; the last
         // row per key is current). Spark allows append only.
         "json" | "csv" | "parquet" => &[OutputMode::Append, OutputMode::Update],
@@ -104,6 +117,15 @@ pub(crate) fn build(spec: &SinkSpec, query_name: Option<&str>, tables: &MemoryTa
             Box::new(noop::NoopSink)
         }
         "memory" => Box::new(memory::MemorySink::try_new(&spec.options, query_name, tables.clone())?),
+        "kafka" => {
+            if spec.path.is_some() {
+                return Err(Error::Config {
+                    location: spec.location.clone(),
+                    message: "the kafka sink takes no `path`; set option `topic` or write a `topic` column".into(),
+                });
+            }
+            Box::new(kafka::KafkaSink::try_new(&spec.options).map_err(|e| e.at(spec.location.clone()))?)
+        }
         f => Box::new(file::FileSink::try_new(f, spec.path.as_deref(), &spec.options)?),
     })
 }

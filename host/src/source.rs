@@ -5,6 +5,8 @@
 //! between the previous end and the new end. A replayable source returns the same rows for the
 //! same range, so a batch re-run after a failure sees exactly the same input.
 
+use std::collections::BTreeMap;
+
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use serde::{Deserialize, Serialize};
@@ -13,6 +15,7 @@ use crate::config::SourceSpec;
 use crate::error::{Error, Result};
 
 pub(crate) mod file;
+pub(crate) mod kafka;
 pub(crate) mod rate;
 pub(crate) mod socket;
 
@@ -90,6 +93,20 @@ pub(crate) trait Source: Send {
     fn log_entry(&self, _start: Option<&Offset>, _end: &Offset) -> Option<serde_json::Value> {
         None
     }
+    /// Whether the source has reached a configured end (Kafka's `endingOffsets`): once
+    /// `latest_offset` has nothing more, the query finishes instead of waiting.
+    fn finished(&self) -> bool {
+        false
+    }
+    /// The latest offset the source knows is available (progress `latestOffset`), if it differs
+    /// from the end of the batch.
+    fn latest_available(&self) -> Option<Offset> {
+        None
+    }
+    /// Source metrics for progress (`sources[].metrics`), e.g. Kafka's lag behind the latest offsets.
+    fn metrics(&self, _end: &Offset) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
     /// Restores the source after a restart from its persisted log entries (in batch order) and
     /// the last end offset logged.
     async fn restore(&mut self, _log: Vec<(u64, serde_json::Value)>, _last: Option<&Offset>) -> Result<()> {
@@ -98,7 +115,7 @@ pub(crate) trait Source: Send {
 }
 
 /// Source formats known to this build.
-pub(crate) const SOURCE_FORMATS: &[&str] = &["socket", "rate", "text", "json", "csv", "parquet"];
+pub(crate) const SOURCE_FORMATS: &[&str] = &["socket", "rate", "kafka", "text", "json", "csv", "parquet"];
 
 /// Builds the source a spec names, checking its options.
 pub(crate) fn build(spec: &SourceSpec) -> Result<Box<dyn Source>> {
@@ -120,6 +137,10 @@ pub(crate) fn build(spec: &SourceSpec) -> Result<Box<dyn Source>> {
         "rate" => {
             no_path("rate")?;
             Ok(Box::new(rate::RateSource::try_new(&spec.options)?))
+        }
+        "kafka" => {
+            no_path("kafka")?;
+            Ok(Box::new(kafka::KafkaSource::try_new(&spec.options).map_err(|e| e.at(loc.clone()))?))
         }
         "text" | "json" | "csv" | "parquet" => {
             Ok(Box::new(file::FileSource::try_new(spec).map_err(|e| e.at(loc.clone()))?))

@@ -88,6 +88,10 @@ pub struct SourceProgress {
     /// Processing rate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub processed_rows_per_second: Option<f64>,
+    /// Source metrics, as strings (Kafka: `minOffsetsBehindLatest`, `maxOffsetsBehindLatest`,
+    /// `avgOffsetsBehindLatest`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, String>,
 }
 
 /// Spark's `SinkProgress`.

@@ -1,5 +1,5 @@
 //! Spark's common SQL function names that DataFusion lacks, so a Spark user's expressions work
-//! as written: `split(str, regex[, limit])` and `size(array)`. (`explode` is handled by the
+//! as written: `split(str, regex[, limit])`, `size(array)` and `to_json(struct)`. (`explode` is handled by the
 //! planner, which rewrites it to DataFusion's `unnest`.)
 
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use datafusion::prelude::SessionContext;
 pub(crate) fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(SplitUdf::new()));
     ctx.register_udf(ScalarUDF::from(SizeUdf::new()));
+    ctx.register_udf(ScalarUDF::from(ToJsonUdf::new()));
 }
 
 /// `split(str, regex[, limit])`: splits around matches of a regular expression, as Spark does
@@ -134,5 +135,67 @@ impl ScalarUDFImpl for SizeUdf {
             other => return exec_err!("size: expected an array, got {other}"),
         };
         Ok(ColumnarValue::Array(Arc::new(sizes)))
+    }
+}
+
+/// `to_json(struct)`: one JSON object per row, null fields left out (as Spark does); typically
+/// `to_json(named_struct('word', word, 'count', count))` to build a Kafka `value`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ToJsonUdf {
+    signature: Signature,
+}
+
+impl ToJsonUdf {
+    fn new() -> Self {
+        ToJsonUdf { signature: Signature::any(1, Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for ToJsonUdf {
+    fn name(&self) -> &str {
+        "to_json"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        match args.first() {
+            Some(DataType::Struct(_)) => Ok(DataType::Utf8),
+            other => exec_err!(
+                "to_json: expected a struct such as named_struct('a', a, 'b', b), got {}",
+                other.map(ToString::to_string).unwrap_or_default()
+            ),
+        }
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        use arrow_array::cast::AsArray;
+        let a = args.args[0].to_array(args.number_rows)?;
+        let DataType::Struct(fields) = a.data_type() else {
+            return exec_err!("to_json: expected a struct, got {}", a.data_type());
+        };
+        let s = a.as_struct();
+        let schema = Arc::new(arrow_schema::Schema::new(fields.clone()));
+        let batch = arrow_array::RecordBatch::try_new_with_options(
+            schema,
+            s.columns().to_vec(),
+            &arrow_array::RecordBatchOptions::new().with_row_count(Some(s.len())),
+        )?;
+        let mut buf = Vec::new();
+        {
+            let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
+            w.write(&batch)?;
+            w.finish()?;
+        }
+        let text = String::from_utf8(buf)
+            .map_err(|e| datafusion::error::DataFusionError::Execution(format!("to_json: {e}")))?;
+        let mut out = StringBuilder::with_capacity(s.len(), text.len());
+        for (row, line) in text.split_terminator('\n').enumerate() {
+            if s.is_null(row) {
+                out.append_null();
+            } else {
+                out.append_value(line);
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
 }

@@ -1,0 +1,430 @@
+//! The `kafka` sink (Spark's `format("kafka")`): each output row becomes a record from its
+//! `value` column and the optional `key`, `topic`, `partition` and `headers` columns.
+//!
+//! Delivery is at-least-once by default (an idempotent producer; a batch counts as written once
+//! every record is acknowledged). With `deliveryGuarantee = "exactly_once"` each batch is one
+//! Kafka transaction under a transactional id derived from the query id, so a restarted query
+//! fences the old producer. The transaction also commits `batch id + 1` as the offset of a
+//! marker consumer group (named after the transactional id) on partition 0 of the batch's first
+//! topic, atomically with the records. After a crash between the Kafka commit and the
+//! checkpoint's `commits/N`, the rerun of batch N finds that marker and skips the batch, so
+//! `read_committed` consumers see every batch exactly once.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, BinaryArray, Int32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, SchemaRef};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext, Offset as KOffset, TopicPartitionList};
+
+use super::{OutputMode, Sink};
+use crate::error::{Error, Result};
+use crate::kafka::{client_config, create, create_with};
+use crate::options::Options;
+
+const C: &str = "kafka sink";
+
+const OPTIONS: &[&str] = &["kafka.*", "topic", "deliveryGuarantee", "includeHeaders"];
+
+/// Records the first delivery failure; librdkafka reports each record's fate here.
+#[derive(Default)]
+struct Delivery {
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            use rdkafka::message::Message;
+            if let Ok(mut f) = self.failed.lock() {
+                f.get_or_insert_with(|| format!("delivery to {}-{} failed: {e}", m.topic(), m.partition()));
+            }
+        }
+    }
+}
+
+type Prod = BaseProducer<Delivery>;
+
+struct Transactional {
+    /// The marker consumer group (also the transactional id).
+    group: String,
+    consumer: Arc<BaseConsumer>,
+    /// Whether the first batch of this run was checked against the marker.
+    checked: bool,
+}
+
+pub(crate) struct KafkaSink {
+    servers: String,
+    topic: Option<String>,
+    exactly_once: bool,
+    options: Options,
+    config: ClientConfig,
+    producer: Option<Arc<Prod>>,
+    txn: Option<Transactional>,
+    timeout: Duration,
+}
+
+/// The columns of one output batch, cast to the types records are made from.
+struct Columns {
+    value: BinaryArray,
+    key: Option<BinaryArray>,
+    topic: Option<StringArray>,
+    partition: Option<Int32Array>,
+    headers: Option<arrow_array::ListArray>,
+}
+
+fn bytes_type(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+            | DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+    )
+}
+
+fn headers_type_ok(t: &DataType) -> bool {
+    let DataType::List(f) = t else { return false };
+    let DataType::Struct(fs) = f.data_type() else { return false };
+    fs.len() == 2
+        && fs[0].name() == "key"
+        && matches!(fs[0].data_type(), DataType::Utf8)
+        && fs[1].name() == "value"
+        && matches!(fs[1].data_type(), DataType::Binary)
+}
+
+impl Columns {
+    fn of(batch: &RecordBatch) -> Result<Self> {
+        let col = |name: &str, to: &DataType| -> Result<Option<Arc<dyn Array>>> {
+            match batch.schema().index_of(name) {
+                Ok(i) => Ok(Some(arrow_cast::cast(batch.column(i), to)?)),
+                Err(_) => Ok(None),
+            }
+        };
+        let value = col("value", &DataType::Binary)?
+            .ok_or_else(|| Error::Internal("kafka sink: value column vanished".into()))?;
+        Ok(Columns {
+            value: value.as_binary::<i32>().clone(),
+            key: col("key", &DataType::Binary)?.map(|a| a.as_binary::<i32>().clone()),
+            topic: col("topic", &DataType::Utf8)?.map(|a| a.as_string::<i32>().clone()),
+            partition: col("partition", &DataType::Int32)?.map(|a| a.as_primitive().clone()),
+            headers: batch.schema().index_of("headers").ok().map(|i| batch.column(i).as_list::<i32>().clone()),
+        })
+    }
+}
+
+fn sink_error(message: String) -> Error {
+    Error::Sink { sink: C.into(), message }
+}
+
+impl KafkaSink {
+    pub(crate) fn try_new(options: &Options) -> Result<Self> {
+        options.check(C, OPTIONS)?;
+        let servers = options
+            .require(C, "kafka.bootstrap.servers", Some("a comma-separated host:port list, e.g. 127.0.0.1:9092"))?
+            .to_string();
+        let exactly_once = match options.get("deliveryGuarantee").map(|s| s.trim().to_ascii_lowercase()) {
+            None => false,
+            Some(s) if s == "at_least_once" => false,
+            Some(s) if s == "exactly_once" => true,
+            Some(_) => return Err(options.invalid(C, "deliveryGuarantee", "expected at_least_once or exactly_once")),
+        };
+        // Headers are written whenever a `headers` column exists; the option is accepted for
+        // symmetry with the source.
+        options.bool_or(C, "includeHeaders", true)?;
+        let topic = options.get("topic").map(str::to_string);
+        let defaults = [
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            // A batch that cannot be delivered fails after this long instead of hanging.
+            ("message.timeout.ms", "60000"),
+        ];
+        let config = client_config(C, options, &defaults)?;
+        if exactly_once && config.get("enable.idempotence") == Some("false") {
+            return Err(options.invalid(C, "kafka.enable.idempotence", "exactly_once needs the idempotent producer"));
+        }
+        let timeout = Duration::from_millis(config.get("message.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(60_000))
+            + Duration::from_secs(5);
+        // Check the configuration now (unknown keys, bad values), not at the first batch.
+        let probe: Prod = create_producer(options, &config)?;
+        Ok(KafkaSink {
+            servers,
+            topic,
+            exactly_once,
+            options: options.clone(),
+            config,
+            producer: (!exactly_once).then(|| Arc::new(probe)),
+            txn: None,
+            timeout,
+        })
+    }
+
+    /// Whether this sink needs a checkpoint (its exactly-once mode does).
+    pub(crate) fn needs_checkpoint(options: &Options) -> bool {
+        options.get("deliveryGuarantee").is_some_and(|s| s.trim().eq_ignore_ascii_case("exactly_once"))
+    }
+}
+
+fn create_producer(options: &Options, config: &ClientConfig) -> Result<Prod> {
+    use rdkafka::config::FromClientConfigAndContext;
+    create_with(C, options, config, |c| Prod::from_config_and_context(c, Delivery::default()))
+}
+
+/// Produces every row of `data`; returns once all are acknowledged or one failed.
+fn produce_all(producer: &Prod, topic: Option<&str>, data: &[RecordBatch], timeout: Duration) -> std::result::Result<u64, String> {
+    let mut n = 0u64;
+    for batch in data {
+        let cols = Columns::of(batch).map_err(|e| e.to_string())?;
+        for row in 0..batch.num_rows() {
+            let t = match (topic, &cols.topic) {
+                (Some(t), _) => t,
+                (None, Some(c)) if c.is_valid(row) => c.value(row),
+                _ => return Err(format!("row {row} has a null topic and the sink has no `topic` option")),
+            };
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(t);
+            if cols.value.is_valid(row) {
+                rec = rec.payload(cols.value.value(row));
+            }
+            if let Some(k) = &cols.key {
+                if k.is_valid(row) {
+                    rec = rec.key(k.value(row));
+                }
+            }
+            if let Some(p) = &cols.partition {
+                if p.is_valid(row) {
+                    rec = rec.partition(p.value(row));
+                }
+            }
+            if let Some(h) = &cols.headers {
+                if h.is_valid(row) {
+                    let entries = h.value(row);
+                    let s = entries.as_struct();
+                    let keys = s.column(0).as_string::<i32>();
+                    let values = s.column(1).as_binary::<i32>();
+                    let mut hs = OwnedHeaders::new_with_capacity(s.len());
+                    for i in 0..s.len() {
+                        hs = hs.insert(Header {
+                            key: keys.value(i),
+                            value: values.is_valid(i).then(|| values.value(i)),
+                        });
+                    }
+                    rec = rec.headers(hs);
+                }
+            }
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        rec = r;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(format!("cannot produce to {t}: {e}")),
+                }
+            }
+            n += 1;
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(timeout).map_err(|e| format!("records not acknowledged within {} ms: {e}", timeout.as_millis()))?;
+    if let Some(f) = producer.context().failed.lock().map_err(|_| "delivery state poisoned".to_string())?.take() {
+        return Err(f);
+    }
+    Ok(n)
+}
+
+/// The topic whose partition 0 carries the exactly-once marker for a batch.
+fn anchor_topic(topic: Option<&str>, data: &[RecordBatch]) -> Result<Option<String>> {
+    if let Some(t) = topic {
+        return Ok(Some(t.to_string()));
+    }
+    let mut min: Option<String> = None;
+    for b in data {
+        let cols = Columns::of(b)?;
+        if let Some(c) = &cols.topic {
+            for t in c.iter().flatten() {
+                if min.as_deref().is_none_or(|m| t < m) {
+                    min = Some(t.to_string());
+                }
+            }
+        }
+    }
+    Ok(min)
+}
+
+#[async_trait::async_trait]
+impl Sink for KafkaSink {
+    fn description(&self) -> String {
+        format!(
+            "KafkaSink[{}, topic={}, {}]",
+            self.servers,
+            self.topic.as_deref().unwrap_or("(column)"),
+            if self.exactly_once { "exactly_once" } else { "at_least_once" }
+        )
+    }
+
+    fn check_schema(&self, schema: &SchemaRef) -> Result<()> {
+        let cols: Vec<String> = schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
+        let bad = |message: String| Error::Config {
+            location: self.options.location(),
+            message: format!("kafka sink: {message}; the query's output is ({})", cols.join(", ")),
+        };
+        let field = |name: &str| schema.field_with_name(name).ok();
+        match field("value") {
+            None => {
+                return Err(bad(
+                    "the output needs a `value` column (string or binary), e.g. `SELECT to_json(named_struct('word', word, 'count', count)) AS value`"
+                        .into(),
+                ));
+            }
+            Some(f) if !bytes_type(f.data_type()) => {
+                return Err(bad(format!("`value` must be a string or binary, not {}", f.data_type())));
+            }
+            _ => {}
+        }
+        if let Some(f) = field("key") {
+            if !bytes_type(f.data_type()) {
+                return Err(bad(format!("`key` must be a string or binary, not {}", f.data_type())));
+            }
+        }
+        match (field("topic"), &self.topic) {
+            (None, None) => return Err(bad("set the `topic` option or give the output a `topic` column".into())),
+            (Some(f), None) if !matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
+                return Err(bad(format!("`topic` must be a string, not {}", f.data_type())));
+            }
+            _ => {}
+        }
+        if let Some(f) = field("partition") {
+            if !f.data_type().is_integer() {
+                return Err(bad(format!("`partition` must be an integer, not {}", f.data_type())));
+            }
+        }
+        if let Some(f) = field("headers") {
+            if !headers_type_ok(f.data_type()) {
+                return Err(bad(format!(
+                    "`headers` must be array<struct<key: string, value: binary>>, not {}",
+                    f.data_type()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn start(&mut self, query_id: &str) -> Result<()> {
+        if !self.exactly_once {
+            return Ok(());
+        }
+        let txn_id = self.config.get("transactional.id").map(str::to_string).unwrap_or_else(|| format!("sluice-{query_id}"));
+        let mut config = self.config.clone();
+        config.set("transactional.id", &txn_id);
+        let producer: Prod = create_producer(&self.options, &config)?;
+        let mut cc = ClientConfig::new();
+        for (k, v) in self.config.config_map() {
+            // Client-level settings (servers, security) carry over; producer settings do not.
+            if !k.starts_with("transaction") && !matches!(&k[..], "enable.idempotence" | "linger.ms" | "message.timeout.ms" | "acks" | "compression.type" | "batch.size" | "batch.num.messages") {
+                cc.set(k, v);
+            }
+        }
+        cc.set("group.id", &txn_id);
+        cc.set("enable.auto.commit", "false");
+        cc.set("isolation.level", "read_committed");
+        cc.set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
+        let consumer: BaseConsumer = create(C, &self.options, &cc)?;
+        let producer = Arc::new(producer);
+        let p = producer.clone();
+        let timeout = self.timeout;
+        let servers = self.servers.clone();
+        let tid = txn_id.clone();
+        tokio::task::spawn_blocking(move || p.init_transactions(timeout))
+            .await
+            .map_err(|e| Error::Internal(format!("kafka task failed: {e}")))?
+            .map_err(|e| {
+                sink_error(format!(
+                    "cannot initialise transactions for transactional.id {tid} at {servers}: {e}; is the broker up and does it allow transactions?"
+                ))
+            })?;
+        tracing::info!(sink = C, transactional_id = %txn_id, "kafka transactions initialised; older producers with this id are fenced");
+        self.producer = Some(producer);
+        self.txn = Some(Transactional { group: txn_id, consumer: Arc::new(consumer), checked: false });
+        Ok(())
+    }
+
+    async fn add_batch(&mut self, batch_id: u64, _: &SchemaRef, data: Vec<RecordBatch>, _: OutputMode) -> Result<()> {
+        let producer = self.producer.clone().ok_or_else(|| Error::Internal("kafka sink used before start".into()))?;
+        let topic = self.topic.clone();
+        let timeout = self.timeout;
+        if data.iter().all(|b| b.num_rows() == 0) {
+            return Ok(());
+        }
+        let Some(txn) = &mut self.txn else {
+            let n = tokio::task::spawn_blocking(move || produce_all(&producer, topic.as_deref(), &data, timeout))
+                .await
+                .map_err(|e| Error::Internal(format!("kafka task failed: {e}")))?
+                .map_err(|e| sink_error(format!("batch {batch_id}: {e}")))?;
+            tracing::debug!(sink = C, batch_id, records = n, "batch written");
+            return Ok(());
+        };
+        let anchor = anchor_topic(topic.as_deref(), &data)?
+            .ok_or_else(|| sink_error(format!("batch {batch_id}: no topic for any row")))?;
+        let consumer = txn.consumer.clone();
+        let check = !txn.checked;
+        txn.checked = true;
+        let group = txn.group.clone();
+        let pause = crate::engine::test_pause();
+        tokio::task::spawn_blocking(move || -> std::result::Result<(), String> {
+            let mut marker = TopicPartitionList::new();
+            marker.add_partition_offset(&anchor, 0, KOffset::Offset(batch_id as i64 + 1)).map_err(|e| e.to_string())?;
+            if check {
+                let mut q = TopicPartitionList::new();
+                q.add_partition(&anchor, 0);
+                let committed = consumer
+                    .committed_offsets(q, timeout)
+                    .map_err(|e| format!("reading the exactly-once marker of group {group}: {e}"))?;
+                if let Some(KOffset::Offset(o)) = committed.elements().first().map(|e| e.offset()) {
+                    if o > batch_id as i64 {
+                        tracing::info!(sink = C, batch_id, "batch already committed in a Kafka transaction before a restart; skipping it");
+                        return Ok(());
+                    }
+                }
+            }
+            producer.begin_transaction().map_err(|e| format!("begin transaction: {e}"))?;
+            let r = (|| {
+                produce_all(&producer, topic.as_deref(), &data, timeout)?;
+                let cgm = consumer.group_metadata().ok_or("no consumer group metadata")?;
+                producer
+                    .send_offsets_to_transaction(&marker, &cgm, timeout)
+                    .map_err(|e| format!("recording the batch marker: {e}"))?;
+                if let Some(d) = pause {
+                    std::thread::sleep(d);
+                }
+                producer.commit_transaction(timeout).map_err(|e| format!("commit transaction: {e}"))
+            })();
+            if let Err(e) = r {
+                if let Err(abort) = producer.abort_transaction(timeout) {
+                    tracing::warn!(sink = C, batch_id, error = %abort, "abort transaction failed");
+                }
+                return Err(e);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("kafka task failed: {e}")))?
+        .map_err(|e| {
+            let fenced = e.contains("fenced") || e.contains("Fenced");
+            sink_error(format!(
+                "batch {batch_id}: {e}{}",
+                if fenced { " (another producer with the same transactional.id took over: is the query running twice?)" } else { "" }
+            ))
+        })
+    }
+}
