@@ -131,17 +131,38 @@ fn new_context() -> SessionContext {
     ctx
 }
 
+/// Spark resolves column names case-insensitively, DataFusion folds unquoted names to lower
+/// case: an unquoted name that matches exactly one input column ignoring case (Kafka's
+/// `timestampType`) becomes that column, quoted.
+fn resolve_case(ident: &mut Ident, columns: &[String]) {
+    if ident.quote_style.is_some() || columns.iter().any(|c| *c == ident.value.to_lowercase()) {
+        return;
+    }
+    let mut matches = columns.iter().filter(|c| c.eq_ignore_ascii_case(&ident.value));
+    if let (Some(c), None) = (matches.next(), matches.next()) {
+        ident.value = c.clone();
+        ident.quote_style = Some('`');
+    }
+}
+
 /// Parses `sql` (Spark-flavoured: backquoted identifiers, backslash escapes in strings,
-/// `explode`) and plans it.
-async fn plan_sql(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<LogicalPlan> {
+/// `explode`, case-insensitive column names) and plans it over input columns `columns`.
+async fn plan_sql(ctx: &SessionContext, sql: &str, columns: &[String]) -> datafusion::error::Result<LogicalPlan> {
     let state = ctx.state();
     let mut statement = state.sql_to_statement(sql, &Dialect::MySQL)?;
     if let datafusion::sql::parser::Statement::Statement(s) = &mut statement {
         let _ = visit_expressions_mut(s.as_mut(), |e| {
-            if let SqlExpr::Function(f) = e {
-                if f.name.to_string().eq_ignore_ascii_case("explode") {
+            match e {
+                SqlExpr::Function(f) if f.name.to_string().eq_ignore_ascii_case("explode") => {
                     f.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new("unnest"))]);
                 }
+                SqlExpr::Identifier(ident) => resolve_case(ident, columns),
+                SqlExpr::CompoundIdentifier(parts) => {
+                    if let Some(last) = parts.last_mut() {
+                        resolve_case(last, columns);
+                    }
+                }
+                _ => {}
             }
             std::ops::ControlFlow::<()>::Continue(())
         });
@@ -165,9 +186,10 @@ impl SqlStep {
         let ctx = new_context();
         let input = Slot::default();
         let partitions = ctx.state().config().target_partitions();
-        ctx.register_table("input", Arc::new(SlotTable { schema: input_schema, slot: input.clone(), partitions }))
+        ctx.register_table("input", Arc::new(SlotTable { schema: input_schema.clone(), slot: input.clone(), partitions }))
             .map_err(sql_err)?;
-        let plan = plan_sql(&ctx, query).await.map_err(sql_err)?;
+        let columns: Vec<String> = input_schema.fields().iter().map(|f| f.name().clone()).collect();
+        let plan = plan_sql(&ctx, query, &columns).await.map_err(sql_err)?;
 
         // Refuse what a stream cannot do, naming the operator.
         let mut aggregates = 0;

@@ -59,7 +59,7 @@ fn pipeline(dir: &Path, input: &Path, out: &Path, ckpt: &Path, steps: &str, form
 }
 
 /// Runs the pipeline to completion, killing it at random moments first. Returns the kills.
-fn run_with_kills(file: &Path, seed: u64, max_kills: usize) -> usize {
+pub(crate) fn run_with_kills(file: &Path, seed: u64, max_kills: usize) -> usize {
     let mut x = seed | 1;
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
