@@ -205,6 +205,34 @@ fn rows(data: &Partitioned) -> u64 {
     data.iter().map(|(_, b)| b.num_rows() as u64).sum()
 }
 
+/// The most rows one plugin call receives.
+const ROWS_PER_CALL: usize = 64 * 1024;
+
+/// Splits a slot's input into groups of at most [`ROWS_PER_CALL`] rows (slicing big batches,
+/// which costs no copy), one plugin call each.
+fn call_groups(batches: Vec<RecordBatch>) -> Vec<Vec<RecordBatch>> {
+    let mut groups = Vec::new();
+    let mut current = Vec::new();
+    let mut rows = 0;
+    for b in batches {
+        let mut offset = 0;
+        while offset < b.num_rows() {
+            let take = (ROWS_PER_CALL - rows).min(b.num_rows() - offset);
+            current.push(b.slice(offset, take));
+            offset += take;
+            rows += take;
+            if rows == ROWS_PER_CALL {
+                groups.push(std::mem::take(&mut current));
+                rows = 0;
+            }
+        }
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
 impl PluginStep {
     async fn process(&mut self, ctx: CallContext, input: Partitioned) -> Result<(Partitioned, PluginProgress)> {
         let started = Instant::now();
@@ -230,7 +258,22 @@ impl PluginStep {
             calls += 1;
             set.spawn(async move {
                 let before = inst.busy;
-                let r = inst.process(ctx, &batches, &schema).await;
+                let mut r = Ok(Vec::new());
+                // Bounded calls: a large batch (a Kafka backlog, a big file) goes to the plugin in
+                // slices of at most ROWS_PER_CALL rows, so its memory stays bounded.
+                for group in call_groups(batches) {
+                    match inst.process(ctx, &group, &schema).await {
+                        Ok(out) => {
+                            if let Ok(all) = &mut r {
+                                all.extend(out);
+                            }
+                        }
+                        Err(e) => {
+                            r = Err(e);
+                            break;
+                        }
+                    }
+                }
                 let busy = inst.busy - before;
                 (slot, inst, busy, r)
             });

@@ -2,7 +2,10 @@
 //! (`kafka.bootstrap.servers` plus any `kafka.*` key passed through to librdkafka), blocking
 //! calls moved off the async runtime, and retries with clear "is the broker up?" errors.
 //!
-//! This module and `source::kafka` / `sink::kafka` are the only code that names `rdkafka`.
+//! This module (with its `bench`) and `source::kafka` / `sink::kafka` are the only code that
+//! names `rdkafka`.
+
+pub mod bench;
 
 use std::time::Duration;
 
@@ -101,13 +104,7 @@ impl Retry {
 
 /// Runs a blocking librdkafka call on the blocking pool, retrying per `retry`; the final
 /// error says what was attempted, against which servers, how often.
-pub(crate) async fn blocking_retry<T, F>(
-    component: &str,
-    servers: &str,
-    what: &str,
-    retry: Retry,
-    f: F,
-) -> Result<T>
+pub(crate) async fn blocking_retry<T, F>(component: &str, servers: &str, what: &str, retry: Retry, f: F) -> Result<T>
 where
     T: Send + 'static,
     F: Fn(Duration) -> std::result::Result<T, String> + Send + Sync + 'static,

@@ -36,7 +36,7 @@ mod config;
 mod engine;
 mod error;
 mod inspect;
-mod kafka;
+pub mod kafka;
 mod options;
 mod plugin;
 mod schema;

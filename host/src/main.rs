@@ -43,6 +43,12 @@ enum Command {
         /// Work directory for generated data.
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
+        /// Run the Kafka benchmark instead, against this broker (e.g. 127.0.0.1:9092).
+        #[arg(long)]
+        kafka: Option<String>,
+        /// Records for the Kafka benchmark.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: usize,
     },
 }
 
@@ -147,6 +153,9 @@ async fn run(command: Command) -> sluice::Result<()> {
             println!("{} keys", t.num_rows());
             Ok(())
         }
-        Command::Bench { lines, plugins, dir } => sluice::bench::run(lines, &plugins, &dir).await,
+        Command::Bench { kafka: Some(bootstrap), records, plugins, dir, .. } => {
+            sluice::kafka::bench::run(&bootstrap, records, &plugins, &dir).await
+        }
+        Command::Bench { lines, plugins, dir, .. } => sluice::bench::run(lines, &plugins, &dir).await,
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatch;
+use arrow_array::{Array, RecordBatch};
 use arrow_schema::{Schema, SchemaRef};
 use tokio_util::task::AbortOnDropHandle;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -450,7 +450,10 @@ fn fields_text(s: &Schema) -> String {
 
 /// Encodes batches as one Arrow IPC stream (the wire format of the WIT boundary).
 pub(crate) fn encode_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let size: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    // The bytes the batches' rows occupy (not the buffers they may be slices of: batches
+    // decoded without copying all point into one big buffer).
+    let size: usize =
+        batches.iter().flat_map(|b| b.columns()).map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
     let mut w = arrow_ipc::writer::StreamWriter::try_new(Vec::with_capacity(size + 1024), schema)?;
     for b in batches {
         w.write(b)?;

@@ -186,8 +186,11 @@ impl SqlStep {
         let ctx = new_context();
         let input = Slot::default();
         let partitions = ctx.state().config().target_partitions();
-        ctx.register_table("input", Arc::new(SlotTable { schema: input_schema.clone(), slot: input.clone(), partitions }))
-            .map_err(sql_err)?;
+        ctx.register_table(
+            "input",
+            Arc::new(SlotTable { schema: input_schema.clone(), slot: input.clone(), partitions }),
+        )
+        .map_err(sql_err)?;
         let columns: Vec<String> = input_schema.fields().iter().map(|f| f.name().clone()).collect();
         let plan = plan_sql(&ctx, query, &columns).await.map_err(sql_err)?;
 

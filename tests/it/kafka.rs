@@ -48,7 +48,8 @@ async fn create_topic(name: &str, partitions: i32) {
 
 async fn add_partitions(name: &str, total: usize) {
     let admin: AdminClient<DefaultClientContext> = config().create().expect("admin client");
-    for t in admin.create_partitions(&[NewPartitions::new(name, total)], &AdminOptions::new()).await.expect("partitions")
+    for t in
+        admin.create_partitions(&[NewPartitions::new(name, total)], &AdminOptions::new()).await.expect("partitions")
     {
         t.expect("partitions added");
     }
@@ -146,7 +147,9 @@ fn consume_all(topic: &str) -> Vec<Got> {
                     .headers()
                     .map(|h| {
                         h.iter()
-                            .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                            .map(|x| {
+                                (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())
+                            })
                             .collect()
                     })
                     .unwrap_or_default(),
@@ -675,11 +678,33 @@ async fn kafka_option_mistakes_are_reported_by_name() {
     let bs = bootstrap();
     let cases: Vec<(String, &str, &str)> = vec![
         (format!(r#"{{ subscribe = "t" }}"#), "console", "kafka.bootstrap.servers"),
-        (format!(r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t", assign = '{{"t":[0]}}' }}"#), "console", "exclusive"),
-        (format!(r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t", "kafka.enable.auto.commit" = "true" }}"#), "console", "kafka.enable.auto.commit"),
-        (format!(r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t", "kafka.no.such.property" = "1" }}"#), "console", "kafka.no.such.property"),
-        (format!(r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t", startingOffsets = "{{bad" }}"#), "console", "startingOffsets"),
-        (format!(r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t", maxOffsetsPerTrigger = "0" }}"#), "console", "maxOffsetsPerTrigger"),
+        (
+            format!(r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t", assign = '{{"t":[0]}}' }}"#),
+            "console",
+            "exclusive",
+        ),
+        (
+            format!(
+                r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t", "kafka.enable.auto.commit" = "true" }}"#
+            ),
+            "console",
+            "kafka.enable.auto.commit",
+        ),
+        (
+            format!(r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t", "kafka.no.such.property" = "1" }}"#),
+            "console",
+            "kafka.no.such.property",
+        ),
+        (
+            format!(r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t", startingOffsets = "{{bad" }}"#),
+            "console",
+            "startingOffsets",
+        ),
+        (
+            format!(r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t", maxOffsetsPerTrigger = "0" }}"#),
+            "console",
+            "maxOffsetsPerTrigger",
+        ),
         (format!(r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t" }}"#), "kafka", "value"),
     ];
     for (opts, sink, needle) in cases {

@@ -154,8 +154,9 @@ impl KafkaSink {
         if exactly_once && config.get("enable.idempotence") == Some("false") {
             return Err(options.invalid(C, "kafka.enable.idempotence", "exactly_once needs the idempotent producer"));
         }
-        let timeout = Duration::from_millis(config.get("message.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(60_000))
-            + Duration::from_secs(5);
+        let timeout =
+            Duration::from_millis(config.get("message.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(60_000))
+                + Duration::from_secs(5);
         // Check the configuration now (unknown keys, bad values), not at the first batch.
         let probe: Prod = create_producer(options, &config)?;
         Ok(KafkaSink {
@@ -182,7 +183,12 @@ fn create_producer(options: &Options, config: &ClientConfig) -> Result<Prod> {
 }
 
 /// Produces every row of `data`; returns once all are acknowledged or one failed.
-fn produce_all(producer: &Prod, topic: Option<&str>, data: &[RecordBatch], timeout: Duration) -> std::result::Result<u64, String> {
+fn produce_all(
+    producer: &Prod,
+    topic: Option<&str>,
+    data: &[RecordBatch],
+    timeout: Duration,
+) -> std::result::Result<u64, String> {
     let mut n = 0u64;
     for batch in data {
         let cols = Columns::of(batch).map_err(|e| e.to_string())?;
@@ -214,10 +220,8 @@ fn produce_all(producer: &Prod, topic: Option<&str>, data: &[RecordBatch], timeo
                     let values = s.column(1).as_binary::<i32>();
                     let mut hs = OwnedHeaders::new_with_capacity(s.len());
                     for i in 0..s.len() {
-                        hs = hs.insert(Header {
-                            key: keys.value(i),
-                            value: values.is_valid(i).then(|| values.value(i)),
-                        });
+                        hs = hs
+                            .insert(Header { key: keys.value(i), value: values.is_valid(i).then(|| values.value(i)) });
                     }
                     rec = rec.headers(hs);
                 }
@@ -229,7 +233,15 @@ fn produce_all(producer: &Prod, topic: Option<&str>, data: &[RecordBatch], timeo
                         rec = r;
                         producer.poll(Duration::from_millis(10));
                     }
-                    Err((e, _)) => return Err(format!("cannot produce to {t}: {e}")),
+                    Err((e, r)) => {
+                        let hint = match (e.rdkafka_error_code(), r.partition) {
+                            (Some(RDKafkaErrorCode::UnknownPartition), Some(p)) => format!(
+                                " (the `partition` column asks for partition {p}, which {t} does not have; drop the column to let Kafka choose)"
+                            ),
+                            _ => String::new(),
+                        };
+                        return Err(format!("cannot produce to {t}: {e}{hint}"));
+                    }
                 }
             }
             n += 1;
@@ -324,14 +336,26 @@ impl Sink for KafkaSink {
         if !self.exactly_once {
             return Ok(());
         }
-        let txn_id = self.config.get("transactional.id").map(str::to_string).unwrap_or_else(|| format!("sluice-{query_id}"));
+        let txn_id =
+            self.config.get("transactional.id").map(str::to_string).unwrap_or_else(|| format!("sluice-{query_id}"));
         let mut config = self.config.clone();
         config.set("transactional.id", &txn_id);
         let producer: Prod = create_producer(&self.options, &config)?;
         let mut cc = ClientConfig::new();
         for (k, v) in self.config.config_map() {
             // Client-level settings (servers, security) carry over; producer settings do not.
-            if !k.starts_with("transaction") && !matches!(&k[..], "enable.idempotence" | "linger.ms" | "message.timeout.ms" | "acks" | "compression.type" | "batch.size" | "batch.num.messages") {
+            if !k.starts_with("transaction")
+                && !matches!(
+                    &k[..],
+                    "enable.idempotence"
+                        | "linger.ms"
+                        | "message.timeout.ms"
+                        | "acks"
+                        | "compression.type"
+                        | "batch.size"
+                        | "batch.num.messages"
+                )
+            {
                 cc.set(k, v);
             }
         }
@@ -392,7 +416,11 @@ impl Sink for KafkaSink {
                     .map_err(|e| format!("reading the exactly-once marker of group {group}: {e}"))?;
                 if let Some(KOffset::Offset(o)) = committed.elements().first().map(|e| e.offset()) {
                     if o > batch_id as i64 {
-                        tracing::info!(sink = C, batch_id, "batch already committed in a Kafka transaction before a restart; skipping it");
+                        tracing::info!(
+                            sink = C,
+                            batch_id,
+                            "batch already committed in a Kafka transaction before a restart; skipping it"
+                        );
                         return Ok(());
                     }
                 }
@@ -423,7 +451,11 @@ impl Sink for KafkaSink {
             let fenced = e.contains("fenced") || e.contains("Fenced");
             sink_error(format!(
                 "batch {batch_id}: {e}{}",
-                if fenced { " (another producer with the same transactional.id took over: is the query running twice?)" } else { "" }
+                if fenced {
+                    " (another producer with the same transactional.id took over: is the query running twice?)"
+                } else {
+                    ""
+                }
             ))
         })
     }

@@ -75,7 +75,11 @@ enum Starting {
     /// Per partition; -2 = earliest, -1 = latest.
     Offsets(Offsets),
     /// Per partition timestamps (ms), or one for all.
-    Timestamps { per_partition: Option<Offsets>, global: Option<i64>, fall_back_to_latest: bool },
+    Timestamps {
+        per_partition: Option<Offsets>,
+        global: Option<i64>,
+        fall_back_to_latest: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -118,7 +122,9 @@ fn parse_offsets_json(options: &Options, key: &str, text: &str) -> Result<Offset
                 .map(|(t, parts)| {
                     let parts = parts
                         .into_iter()
-                        .map(|(p, o)| p.parse::<i32>().map(|p| (p, o)).map_err(|_| format!("partition `{p}` is not a number")))
+                        .map(|(p, o)| {
+                            p.parse::<i32>().map(|p| (p, o)).map_err(|_| format!("partition `{p}` is not a number"))
+                        })
                         .collect::<std::result::Result<BTreeMap<_, _>, String>>()?;
                     Ok((t, parts))
                 })
@@ -207,7 +213,11 @@ impl KafkaSource {
             ["assign"] => {
                 let text = options.get("assign").unwrap_or_default();
                 let json: BTreeMap<String, Vec<i32>> = serde_json::from_str(text).map_err(|e| {
-                    options.invalid(C, "assign", &format!("expected JSON like {{\"topicA\":[0,1],\"topicB\":[2]}}: {e}"))
+                    options.invalid(
+                        C,
+                        "assign",
+                        &format!("expected JSON like {{\"topicA\":[0,1],\"topicB\":[2]}}: {e}"),
+                    )
                 })?;
                 let list: Vec<(String, i32)> =
                     json.into_iter().flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p))).collect();
@@ -235,7 +245,9 @@ impl KafkaSource {
             None => false,
             Some(s) if s == "error" => false,
             Some(s) if s == "latest" => true,
-            Some(_) => return Err(options.invalid(C, "startingOffsetsByTimestampStrategy", "expected error or latest")),
+            Some(_) => {
+                return Err(options.invalid(C, "startingOffsetsByTimestampStrategy", "expected error or latest"));
+            }
         };
         // Spark's precedence: startingTimestamp, then startingOffsetsByTimestamp, then startingOffsets.
         let starting = if let Some(ts) = options.parse::<i64>(C, "startingTimestamp")? {
@@ -251,7 +263,11 @@ impl KafkaSource {
                 Some(s) => {
                     let o = parse_offsets_json(options, "startingOffsets", s)?;
                     if tps(&o).any(|(_, _, v)| v < -2) {
-                        return Err(options.invalid(C, "startingOffsets", "offsets must be >= 0, or -2 (earliest) or -1 (latest)"));
+                        return Err(options.invalid(
+                            C,
+                            "startingOffsets",
+                            "offsets must be >= 0, or -2 (earliest) or -1 (latest)",
+                        ));
                     }
                     Starting::Offsets(o)
                 }
@@ -293,7 +309,11 @@ impl KafkaSource {
         let commit_offsets = options.bool_or(C, "commitOffsets", false)?;
         if commit_offsets && options.get("kafka.group.id").is_none() {
             return Err(options
-                .require(C, "kafka.group.id", Some("commitOffsets publishes the query's progress under this consumer group"))
+                .require(
+                    C,
+                    "kafka.group.id",
+                    Some("commitOffsets publishes the query's progress under this consumer group"),
+                )
                 .unwrap_err());
         }
         let poll_timeout = Duration::from_millis(options.parse_or(C, "kafkaConsumer.pollTimeoutMs", 120_000u64)?);
@@ -432,8 +452,11 @@ impl KafkaSource {
             Starting::Earliest => self.list_offsets(all, &Offsets::new(), -2).await?,
             Starting::Latest => self.list_offsets(all, &Offsets::new(), -1).await?,
             Starting::Offsets(given) => {
-                let missing: Vec<String> =
-                    parts.iter().filter(|(t, p)| get(&given, t, *p).is_none()).map(|(t, p)| format!("{t}-{p}")).collect();
+                let missing: Vec<String> = parts
+                    .iter()
+                    .filter(|(t, p)| get(&given, t, *p).is_none())
+                    .map(|(t, p)| format!("{t}-{p}"))
+                    .collect();
                 if !missing.is_empty() {
                     return Err(Error::Config {
                         location: None,
@@ -829,7 +852,9 @@ impl Source for KafkaSource {
             None => match &self.initial {
                 Some(i) => i.clone(),
                 None => {
-                    return Err(Error::Internal("kafka source: first batch read before starting offsets resolved".into()));
+                    return Err(Error::Internal(
+                        "kafka source: first batch read before starting offsets resolved".into(),
+                    ));
                 }
             },
         };
@@ -930,8 +955,7 @@ impl Source for KafkaSource {
 
     fn metrics(&self, end: &Offset) -> BTreeMap<String, String> {
         let Ok(end) = offsets_of(end) else { return BTreeMap::new() };
-        let behind: Vec<i64> =
-            tps(&self.latest).map(|(t, p, hi)| (hi - get(&end, t, p).unwrap_or(0)).max(0)).collect();
+        let behind: Vec<i64> = tps(&self.latest).map(|(t, p, hi)| (hi - get(&end, t, p).unwrap_or(0)).max(0)).collect();
         if behind.is_empty() {
             return BTreeMap::new();
         }

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{Array, RecordBatch};
 use arrow_ipc::reader::StreamDecoder;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{ArrowError, Schema, SchemaRef};
@@ -166,7 +166,10 @@ pub fn decode_ipc(bytes: Vec<u8>) -> Result<(SchemaRef, Vec<RecordBatch>), Error
 
 /// Encodes a schema and batches as one Arrow IPC stream.
 pub fn encode_ipc(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<u8>, Error> {
-    let size: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    // The bytes the batches' rows occupy (not the buffers they may be slices of: batches
+    // decoded without copying all point into one big buffer).
+    let size: usize =
+        batches.iter().flat_map(|b| b.columns()).map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
     let mut writer = StreamWriter::try_new(Vec::with_capacity(size + 1024), schema)?;
     for b in batches {
         writer.write(b)?;
