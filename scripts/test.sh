@@ -10,6 +10,10 @@ echo "==> starting a local S3-compatible server (moto) for the checkpoint tests"
 eval "$(scripts/s3-server.sh start)"
 trap 'scripts/s3-server.sh stop' EXIT
 
+echo "==> starting a local Apache Kafka broker (KRaft) for the Kafka tests"
+eval "$(scripts/kafka.sh start)"
+trap 'scripts/kafka.sh stop; scripts/s3-server.sh stop' EXIT
+
 echo "==> unit and integration tests (the crash tests run the sluice binary)"
 cargo build --release -p sluice
 cargo test --release -p sluice -p sluice-sdk -p sluice-tests
@@ -31,4 +35,36 @@ rm -rf examples/ckpt/wordcount examples/out/wordcount
 "$bin" run examples/wordcount_checkpoint.toml
 "$bin" checkpoint inspect examples/ckpt/wordcount
 "$bin" checkpoint state examples/ckpt/wordcount --num-rows 5
+
+# Kafka -> plugin -> aggregate -> Kafka on the local broker; totals checked independently.
+scripts/kafka.sh topics --delete --topic events >/dev/null 2>&1 || true
+scripts/kafka.sh topics --delete --topic user-totals >/dev/null 2>&1 || true
+scripts/kafka.sh topics --create --topic events --partitions 3 --replication-factor 1 >/dev/null
+cat examples/data/events/*.json | scripts/kafka.sh produce events
+rm -rf examples/ckpt/kafka_events
+abs_bin="$(realpath "$bin")"
+(cd examples && "$abs_bin" run kafka_events.toml > /dev/null)
+got="$(scripts/kafka.sh consume user-totals --from-beginning --isolation-level read_committed \
+  --timeout-ms 10000 2>/dev/null | grep '^{' || true)"
+echo "$got"
+python3 - "$got" examples/data/events/*.json <<'PY'
+import json, sys
+got, files = sys.argv[1], sys.argv[2:]
+want = {}
+for f in files:
+    for line in open(f):
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        n, t = want.get(e["user"], (0, 0))
+        want[e["user"]] = (n + 1, t + e["amount"])
+last = {}
+for line in got.splitlines():
+    v = json.loads(line)
+    last[v["user"]] = (v["orders"], v["total"])
+if last != want:
+    sys.exit(f"error: kafka_events wrote {last}, expected {want}")
+print(f"kafka_events: totals for {len(want)} users match")
+PY
 echo "examples: OK"
