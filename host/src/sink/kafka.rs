@@ -30,7 +30,7 @@ use crate::options::Options;
 
 const C: &str = "kafka sink";
 
-const OPTIONS: &[&str] = &["kafka.*", "topic", "deliveryGuarantee", "includeHeaders"];
+const OPTIONS: &[&str] = &["kafka.*", "topic", "deliveryGuarantee"];
 
 /// Records the first delivery failure; librdkafka reports each record's fate here.
 #[derive(Default)]
@@ -140,9 +140,6 @@ impl KafkaSink {
             Some(s) if s == "exactly_once" => true,
             Some(_) => return Err(options.invalid(C, "deliveryGuarantee", "expected at_least_once or exactly_once")),
         };
-        // Headers are written whenever a `headers` column exists; the option is accepted for
-        // symmetry with the source.
-        options.bool_or(C, "includeHeaders", true)?;
         let topic = options.get("topic").map(str::to_string);
         let defaults = [
             ("enable.idempotence", "true"),

@@ -835,7 +835,8 @@ impl Source for KafkaSource {
                 target = rate_limit(&base, &target, max);
             }
         }
-        let changed = tps(&target).any(|(t, p, u)| u != get(&base, t, p).unwrap_or(0)) || base.len() != from.len();
+        let changed = tps(&target).any(|(t, p, u)| u != get(&base, t, p).unwrap_or(0))
+            || tps(&base).count() != tps(&from).count();
         if !changed {
             if self.ending.is_some() {
                 self.finished = true;
@@ -997,7 +998,10 @@ mod tests {
         set(&mut o, "events", 10, 5);
         set(&mut o, "events", 2, 7);
         let json = serde_json::to_string(&to_offset(&o).0).unwrap_or_default();
-        assert_eq!(json, r#"{"events":{"2":7,"10":5}}"#);
+        // Spark's shape: topic -> partition (as a string) -> next offset.
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(parsed, serde_json::json!({"events": {"2": 7, "10": 5}}));
         assert_eq!(offsets_of(&to_offset(&o)).ok(), Some(o));
+        assert!(offsets_of(&Offset(serde_json::json!({"events": {"x": 1}}))).is_err());
     }
 }
