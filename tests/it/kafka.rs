@@ -500,6 +500,53 @@ once = true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_on_data_loss_when_retention_ages_out_unread_records() {
+    let t = topic("retention");
+    let admin: AdminClient<DefaultClientContext> = config().create().expect("admin client");
+    let nt = NewTopic::new(&t, 1, TopicReplication::Fixed(1)).set("retention.ms", "1500").set("segment.ms", "300");
+    for r in admin.create_topics(&[nt], &AdminOptions::new()).await.expect("create topic") {
+        r.expect("topic created");
+    }
+    produce(&t, &(0..100).map(|i| rec("k", &i.to_string())).collect::<Vec<_>>());
+    let dir = tempdir("kafka-retention");
+    let bs = bootstrap();
+    let pipeline = |extra: &str| {
+        format!(
+            r#"
+name = "retention"
+checkpoint_location = "{ckpt}"
+[source]
+format = "kafka"
+options = {{ "kafka.bootstrap.servers" = "{bs}", subscribe = "{t}", startingOffsets = "earliest" {extra} }}
+[sink]
+format = "noop"
+[trigger]
+once = true
+"#,
+            ckpt = dir.join("ckpt").display()
+        )
+    };
+    run_to_end(&pipeline(&format!(", endingOffsets = '{{\"{t}\":{{\"0\":50}}}}'"))).await.expect("first 50");
+    // Let time-based retention delete the old segments: new records roll the segment, the
+    // broker (log.retention.check.interval.ms = 1 s) then deletes what is older than 1.5 s.
+    let c: BaseConsumer = config().set("group.id", "it-retention").create().expect("consumer");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (low, _) = c.fetch_watermarks(&t, 0, Duration::from_secs(10)).expect("watermarks");
+        if low > 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "retention did not delete offsets 50.. (earliest is {low})");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        produce(&t, &[rec("k", "later")]);
+    }
+    let msg = run_to_end(&pipeline("")).await.expect_err("data loss is an error by default").to_string();
+    assert!(msg.contains("failOnDataLoss") && msg.contains("from offset 50"), "{msg}");
+    let progress = run_to_end(&pipeline(", failOnDataLoss = \"false\"")).await.expect("skips what retention deleted");
+    assert_eq!(progress.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_writes_topic_partition_and_headers_columns() {
     let (input, a, b) = (topic("sink-in"), topic("sink-a"), topic("sink-b"));
     create_topic(&input, 1).await;
