@@ -426,7 +426,7 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
         Some(c) => recover(&mut q, c, &shared.id.to_string()).await?,
         None => Resume { batch_id: 0, committed: None, rerun: None },
     };
-    q.sink.start(&shared.id.to_string()).await?;
+    q.sink.start(&shared.id.to_string(), resume.rerun.as_ref().map(|_| resume.batch_id)).await?;
     if q.trigger.is_bounded() {
         q.source.prepare_available_now().await?;
     }

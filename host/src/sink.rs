@@ -63,8 +63,9 @@ pub(crate) trait Sink: Send {
     fn check_schema(&self, _schema: &SchemaRef) -> Result<()> {
         Ok(())
     }
-    /// Connects what the sink writes to; called once when the query starts, with its id.
-    async fn start(&mut self, _query_id: &str) -> Result<()> {
+    /// Connects what the sink writes to; called once when the query starts, with its id and,
+    /// after a crash, the batch it re-executes first (which the sink may already hold).
+    async fn start(&mut self, _query_id: &str, _rerun: Option<u64>) -> Result<()> {
         Ok(())
     }
     /// Writes batch `batch_id`.

@@ -311,6 +311,39 @@ fn exactly_once_kafka_sink_survives_sigkill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_id_shared_by_two_checkpoints_is_an_error_not_a_skip() {
+    let (input, output) = (topic("shared-in"), topic("shared-out"));
+    create_topic(&input, 1).await;
+    produce(&input, &(0..5).map(|i| rec("k", &i.to_string())).collect::<Vec<_>>());
+    let dir = tempdir("kafka-shared");
+    let bs = bootstrap();
+    let txn = format!("it-shared-{}", uuid_like());
+    let pipeline = |ckpt: &str| {
+        format!(
+            r#"
+name = "shared"
+checkpoint_location = "{ckpt}"
+[source]
+format = "kafka"
+options = {{ "kafka.bootstrap.servers" = "{bs}", subscribe = "{input}", startingOffsets = "earliest" }}
+[[transform]]
+sql = "SELECT key, value FROM input"
+[sink]
+format = "kafka"
+options = {{ "kafka.bootstrap.servers" = "{bs}", topic = "{output}", deliveryGuarantee = "exactly_once", "kafka.transactional.id" = "{txn}" }}
+[trigger]
+available_now = true
+"#,
+            ckpt = dir.join(ckpt).display()
+        )
+    };
+    run_to_end(&pipeline("a")).await.expect("first query");
+    let msg = run_to_end(&pipeline("b")).await.expect_err("same transactional id, new checkpoint").to_string();
+    assert!(msg.contains("transactional id is shared") && msg.contains(&txn), "{msg}");
+    assert_eq!(consume_all(&output).len(), 5, "written once, neither skipped nor duplicated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_options_assign_offsets_headers_pattern_and_group_commit() {
     let t = topic("opts");
     create_topic(&t, 2).await;

@@ -58,7 +58,10 @@ struct Transactional {
     /// The marker consumer group (also the transactional id).
     group: String,
     consumer: Arc<BaseConsumer>,
-    /// Whether the first batch of this run was checked against the marker.
+    /// The batch this run re-executes first after a crash, if any (its transaction may
+    /// already be committed in Kafka).
+    rerun: Option<u64>,
+    /// Whether the first non-empty batch of this run was checked against the marker.
     checked: bool,
 }
 
@@ -71,6 +74,8 @@ pub(crate) struct KafkaSink {
     producer: Option<Arc<Prod>>,
     txn: Option<Transactional>,
     timeout: Duration,
+    /// The crash-test pause before a transaction commits (`SLUICE_TEST_PAUSE_MS`).
+    pause: Option<Duration>,
 }
 
 /// The columns of one output batch, cast to the types records are made from.
@@ -106,9 +111,11 @@ fn headers_type_ok(t: &DataType) -> bool {
 
 impl Columns {
     fn of(batch: &RecordBatch) -> Result<Self> {
+        // Casts fail on values that do not fit (a partition beyond Int32) instead of nulling them.
+        let strict = arrow_cast::CastOptions { safe: false, ..Default::default() };
         let col = |name: &str, to: &DataType| -> Result<Option<Arc<dyn Array>>> {
             match batch.schema().index_of(name) {
-                Ok(i) => Ok(Some(arrow_cast::cast(batch.column(i), to)?)),
+                Ok(i) => Ok(Some(arrow_cast::cast_with_options(batch.column(i), to, &strict)?)),
                 Err(_) => Ok(None),
             }
         };
@@ -147,6 +154,12 @@ impl KafkaSink {
             // A batch that cannot be delivered fails after this long instead of hanging.
             ("message.timeout.ms", "60000"),
         ];
+        let mut defaults = defaults.to_vec();
+        if exactly_once {
+            // One transaction spans a whole batch: allow big ones (the broker's cap,
+            // transaction.max.timeout.ms, is 15 minutes by default).
+            defaults.push(("transaction.timeout.ms", "600000"));
+        }
         let config = client_config(C, options, &defaults)?;
         if exactly_once && config.get("enable.idempotence") == Some("false") {
             return Err(options.invalid(C, "kafka.enable.idempotence", "exactly_once needs the idempotent producer"));
@@ -165,6 +178,7 @@ impl KafkaSink {
             producer: (!exactly_once).then(|| Arc::new(probe)),
             txn: None,
             timeout,
+            pause: crate::engine::test_pause(),
         })
     }
 
@@ -217,6 +231,9 @@ fn produce_all(
                     let values = s.column(1).as_binary::<i32>();
                     let mut hs = OwnedHeaders::new_with_capacity(s.len());
                     for i in 0..s.len() {
+                        if keys.is_null(i) {
+                            return Err(format!("row {row} has a header with a null key"));
+                        }
                         hs = hs
                             .insert(Header { key: keys.value(i), value: values.is_valid(i).then(|| values.value(i)) });
                     }
@@ -252,6 +269,22 @@ fn produce_all(
     Ok(n)
 }
 
+/// A transactional call's error, saying so when a newer producer fenced this one.
+fn txn_error(what: &str, e: &KafkaError) -> String {
+    let fenced = matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    );
+    format!(
+        "{what}: {e}{}",
+        if fenced {
+            " (another producer with the same transactional.id took over: is the query running twice?)"
+        } else {
+            ""
+        }
+    )
+}
+
 /// The topic whose partition 0 carries the exactly-once marker for a batch.
 fn anchor_topic(topic: Option<&str>, data: &[RecordBatch]) -> Result<Option<String>> {
     if let Some(t) = topic {
@@ -259,8 +292,9 @@ fn anchor_topic(topic: Option<&str>, data: &[RecordBatch]) -> Result<Option<Stri
     }
     let mut min: Option<String> = None;
     for b in data {
-        let cols = Columns::of(b)?;
-        if let Some(c) = &cols.topic {
+        let Ok(i) = b.schema().index_of("topic") else { continue };
+        let c = arrow_cast::cast(b.column(i), &DataType::Utf8)?;
+        if let Some(c) = c.as_string_opt::<i32>() {
             for t in c.iter().flatten() {
                 if min.as_deref().is_none_or(|m| t < m) {
                     min = Some(t.to_string());
@@ -329,7 +363,7 @@ impl Sink for KafkaSink {
         Ok(())
     }
 
-    async fn start(&mut self, query_id: &str) -> Result<()> {
+    async fn start(&mut self, query_id: &str, rerun: Option<u64>) -> Result<()> {
         if !self.exactly_once {
             return Ok(());
         }
@@ -376,7 +410,7 @@ impl Sink for KafkaSink {
             })?;
         tracing::info!(sink = C, transactional_id = %txn_id, "kafka transactions initialised; older producers with this id are fenced");
         self.producer = Some(producer);
-        self.txn = Some(Transactional { group: txn_id, consumer: Arc::new(consumer), checked: false });
+        self.txn = Some(Transactional { group: txn_id, consumer: Arc::new(consumer), rerun, checked: false });
         Ok(())
     }
 
@@ -400,8 +434,9 @@ impl Sink for KafkaSink {
         let consumer = txn.consumer.clone();
         let check = !txn.checked;
         txn.checked = true;
+        let rerun = txn.rerun == Some(batch_id);
         let group = txn.group.clone();
-        let pause = crate::engine::test_pause();
+        let pause = self.pause;
         tokio::task::spawn_blocking(move || -> std::result::Result<(), String> {
             let mut marker = TopicPartitionList::new();
             marker.add_partition_offset(&anchor, 0, KOffset::Offset(batch_id as i64 + 1)).map_err(|e| e.to_string())?;
@@ -412,7 +447,8 @@ impl Sink for KafkaSink {
                     .committed_offsets(q, timeout)
                     .map_err(|e| format!("reading the exactly-once marker of group {group}: {e}"))?;
                 if let Some(KOffset::Offset(o)) = committed.elements().first().map(|e| e.offset()) {
-                    if o > batch_id as i64 {
+                    let next = batch_id as i64 + 1;
+                    if rerun && o == next {
                         tracing::info!(
                             sink = C,
                             batch_id,
@@ -420,19 +456,34 @@ impl Sink for KafkaSink {
                         );
                         return Ok(());
                     }
+                    if o >= next {
+                        return Err(format!(
+                            "the exactly-once marker of group {group} on {anchor}-0 says batch {} was committed, but this checkpoint is at batch {batch_id}: the transactional id is shared with another query or an older checkpoint; use a new kafka.transactional.id (or none: the default is unique per query)",
+                            o - 1
+                        ));
+                    }
                 }
             }
-            producer.begin_transaction().map_err(|e| format!("begin transaction: {e}"))?;
+            producer.begin_transaction().map_err(|e| txn_error("begin transaction", &e))?;
             let r = (|| {
                 produce_all(&producer, topic.as_deref(), &data, timeout)?;
                 let cgm = consumer.group_metadata().ok_or("no consumer group metadata")?;
                 producer
                     .send_offsets_to_transaction(&marker, &cgm, timeout)
-                    .map_err(|e| format!("recording the batch marker: {e}"))?;
+                    .map_err(|e| txn_error("recording the batch marker", &e))?;
                 if let Some(d) = pause {
                     std::thread::sleep(d);
                 }
-                producer.commit_transaction(timeout).map_err(|e| format!("commit transaction: {e}"))
+                // A retriable commit error (a timeout, a coordinator move) is retried as is;
+                // librdkafka keeps the transaction.
+                let mut attempts = 0;
+                loop {
+                    match producer.commit_transaction(timeout) {
+                        Ok(()) => return Ok(()),
+                        Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 3 => attempts += 1,
+                        Err(e) => return Err(txn_error("commit transaction", &e)),
+                    }
+                }
             })();
             if let Err(e) = r {
                 if let Err(abort) = producer.abort_transaction(timeout) {
@@ -444,16 +495,6 @@ impl Sink for KafkaSink {
         })
         .await
         .map_err(|e| Error::Internal(format!("kafka task failed: {e}")))?
-        .map_err(|e| {
-            let fenced = e.contains("fenced") || e.contains("Fenced");
-            sink_error(format!(
-                "batch {batch_id}: {e}{}",
-                if fenced {
-                    " (another producer with the same transactional.id took over: is the query running twice?)"
-                } else {
-                    ""
-                }
-            ))
-        })
+        .map_err(|e| sink_error(format!("batch {batch_id}: {e}")))
     }
 }

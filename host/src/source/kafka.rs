@@ -377,9 +377,6 @@ impl KafkaSource {
             let md = consumer.fetch_metadata(None, timeout).map_err(|e| e.to_string())?;
             let mut out = Vec::new();
             for t in md.topics() {
-                if t.error().is_some() {
-                    continue;
-                }
                 let wanted = match &sub {
                     Subscription::Topics(names) => names.iter().any(|n| n == t.name()),
                     Subscription::Pattern(re, _) => !t.name().starts_with("__") && re.is_match(t.name()),
@@ -387,6 +384,14 @@ impl KafkaSource {
                 };
                 if !wanted {
                     continue;
+                }
+                match t.error() {
+                    None => {}
+                    // Not created yet: no partitions, no data (Spark waits the same way).
+                    Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => continue,
+                    // Anything else (leader election, authorization) is retried, never read
+                    // as "the topic was deleted".
+                    Some(e) => return Err(format!("topic {}: {}", t.name(), RDKafkaErrorCode::from(e))),
                 }
                 for p in t.partitions() {
                     if let Subscription::Assign(list) = &sub {
@@ -540,7 +545,7 @@ impl KafkaSource {
         poll_timeout: Duration,
         fail_on_data_loss: bool,
     ) -> std::result::Result<Vec<(u32, RecordBatch)>, String> {
-        let include_headers = schema.fields().len() > 7;
+        let include_headers = schema.field_with_name("headers").is_ok();
         let mut tpl = TopicPartitionList::new();
         for (p, (from, _, _)) in ranges {
             tpl.add_partition_offset(topic, *p, KOffset::Offset(*from)).map_err(|e| e.to_string())?;
@@ -826,7 +831,9 @@ impl Source for KafkaSource {
         self.latest = latest;
         let total: i64 = tps(&target).map(|(t, p, u)| (u - get(&base, t, p).unwrap_or(0)).max(0)).sum();
         if limit == ReadLimit::Default {
-            if let Some(min) = self.min_per_trigger {
+            // minOffsetsPerTrigger waits for more data, which a bounded run (available_now,
+            // endingOffsets) must not do: its bound is all the data there will be.
+            if let (Some(min), None) = (self.min_per_trigger, &self.bound) {
                 if (total as u64) < min && self.last_batch.elapsed() < self.max_trigger_delay && total > 0 {
                     return Ok(None);
                 }
@@ -838,8 +845,10 @@ impl Source for KafkaSource {
         let changed = tps(&target).any(|(t, p, u)| u != get(&base, t, p).unwrap_or(0))
             || tps(&base).count() != tps(&from).count();
         if !changed {
-            if self.ending.is_some() {
-                self.finished = true;
+            // endingOffsets: finished once every partition has reached its end (it may not
+            // exist yet, or have fewer records so far: then keep waiting).
+            if let (Some(_), Some(b)) = (&self.ending, &self.bound) {
+                self.finished = tps(b).all(|(t, p, end)| get(&base, t, p).unwrap_or(0) >= end);
             }
             return Ok(None);
         }
