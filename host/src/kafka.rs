@@ -102,6 +102,11 @@ impl Retry {
     }
 }
 
+/// Runs a blocking librdkafka call on the blocking pool (never on a runtime worker).
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("kafka call panicked: {e}")))
+}
+
 /// Runs a blocking librdkafka call on the blocking pool, retrying per `retry`; the final
 /// error says what was attempted, against which servers, how often.
 pub(crate) async fn blocking_retry<T, F>(component: &str, servers: &str, what: &str, retry: Retry, f: F) -> Result<T>
@@ -114,9 +119,7 @@ where
     loop {
         let g = f.clone();
         let timeout = retry.timeout;
-        let r = tokio::task::spawn_blocking(move || g(timeout))
-            .await
-            .map_err(|e| Error::Internal(format!("kafka call panicked: {e}")))?;
+        let r = blocking(move || g(timeout)).await?;
         match r {
             Ok(v) => return Ok(v),
             Err(e) if attempt < retry.retries => {

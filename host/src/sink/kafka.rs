@@ -25,7 +25,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset as KOffset, TopicPartitionList
 
 use super::{OutputMode, Sink};
 use crate::error::{Error, Result};
-use crate::kafka::{client_config, create, create_with};
+use crate::kafka::{blocking, client_config, create, create_with};
 use crate::options::Options;
 
 const C: &str = "kafka sink";
@@ -138,9 +138,6 @@ fn sink_error(message: String) -> Error {
 impl KafkaSink {
     pub(crate) fn try_new(options: &Options) -> Result<Self> {
         options.check(C, OPTIONS)?;
-        let servers = options
-            .require(C, "kafka.bootstrap.servers", Some("a comma-separated host:port list, e.g. 127.0.0.1:9092"))?
-            .to_string();
         let exactly_once = match options.get("deliveryGuarantee").map(|s| s.trim().to_ascii_lowercase()) {
             None => false,
             Some(s) if s == "at_least_once" => false,
@@ -161,6 +158,7 @@ impl KafkaSink {
             defaults.push(("transaction.timeout.ms", "600000"));
         }
         let config = client_config(C, options, &defaults)?;
+        let servers = config.get("bootstrap.servers").unwrap_or_default().to_string();
         if exactly_once && config.get("enable.idempotence") == Some("false") {
             return Err(options.invalid(C, "kafka.enable.idempotence", "exactly_once needs the idempotent producer"));
         }
@@ -400,10 +398,7 @@ impl Sink for KafkaSink {
         let timeout = self.timeout;
         let servers = self.servers.clone();
         let tid = txn_id.clone();
-        tokio::task::spawn_blocking(move || p.init_transactions(timeout))
-            .await
-            .map_err(|e| Error::Internal(format!("kafka task failed: {e}")))?
-            .map_err(|e| {
+        blocking(move || p.init_transactions(timeout)).await?.map_err(|e| {
                 sink_error(format!(
                     "cannot initialise transactions for transactional.id {tid} at {servers}: {e}; is the broker up and does it allow transactions?"
                 ))
@@ -422,9 +417,8 @@ impl Sink for KafkaSink {
             return Ok(());
         }
         let Some(txn) = &mut self.txn else {
-            let n = tokio::task::spawn_blocking(move || produce_all(&producer, topic.as_deref(), &data, timeout))
-                .await
-                .map_err(|e| Error::Internal(format!("kafka task failed: {e}")))?
+            let n = blocking(move || produce_all(&producer, topic.as_deref(), &data, timeout))
+                .await?
                 .map_err(|e| sink_error(format!("batch {batch_id}: {e}")))?;
             tracing::debug!(sink = C, batch_id, records = n, "batch written");
             return Ok(());
@@ -437,7 +431,7 @@ impl Sink for KafkaSink {
         let rerun = txn.rerun == Some(batch_id);
         let group = txn.group.clone();
         let pause = self.pause;
-        tokio::task::spawn_blocking(move || -> std::result::Result<(), String> {
+        blocking(move || -> std::result::Result<(), String> {
             let mut marker = TopicPartitionList::new();
             marker.add_partition_offset(&anchor, 0, KOffset::Offset(batch_id as i64 + 1)).map_err(|e| e.to_string())?;
             if check {
@@ -493,8 +487,7 @@ impl Sink for KafkaSink {
             }
             Ok(())
         })
-        .await
-        .map_err(|e| Error::Internal(format!("kafka task failed: {e}")))?
+        .await?
         .map_err(|e| sink_error(format!("batch {batch_id}: {e}")))
     }
 }

@@ -27,7 +27,7 @@ use rdkafka::{Offset as KOffset, TopicPartitionList};
 
 use super::{Offset, Partitioned, ReadLimit, Source};
 use crate::error::{Error, ErrorKind, Result};
-use crate::kafka::{Retry, blocking_retry, client_config, create};
+use crate::kafka::{Retry, blocking, blocking_retry, client_config, create};
 use crate::options::Options;
 
 const C: &str = "kafka source";
@@ -185,9 +185,6 @@ fn header_type() -> DataType {
 impl KafkaSource {
     pub(crate) fn try_new(options: &Options) -> Result<Self> {
         options.check(C, OPTIONS)?;
-        let servers = options
-            .require(C, "kafka.bootstrap.servers", Some("a comma-separated host:port list, e.g. 127.0.0.1:9092"))?
-            .to_string();
         let subs: Vec<&str> =
             ["subscribe", "subscribePattern", "assign"].into_iter().filter(|k| options.get(k).is_some()).collect();
         let subscription = match subs.as_slice() {
@@ -329,6 +326,7 @@ impl KafkaSource {
             ("auto.offset.reset", if fail_on_data_loss { "error" } else { "earliest" }),
         ];
         let config = client_config(C, options, &defaults)?;
+        let servers = config.get("bootstrap.servers").unwrap_or_default().to_string();
         let consumer: BaseConsumer = create(C, options, &config)?;
         Ok(KafkaSource {
             servers,
@@ -903,15 +901,14 @@ impl Source for KafkaSource {
         let poll_timeout = self.poll_timeout;
         let fail = self.fail_on_data_loss;
         let servers = self.servers.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let mut out = Vec::new();
             for (topic, ranges) in &plan {
                 out.extend(Self::read_topic(&consumer, topic, ranges, &schema, poll_timeout, fail)?);
             }
             Ok::<_, String>(out)
         })
-        .await
-        .map_err(|e| Error::Internal(format!("kafka read task failed: {e}")))?
+        .await?
         .map_err(|message| Error::Source {
             source_name: C.into(),
             message: format!("{message} (bootstrap servers {servers})"),
