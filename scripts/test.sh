@@ -20,6 +20,7 @@ cargo test --release -p sluice -p sluice-sdk -p sluice-tests
 
 echo "==> example pipelines"
 bin="${CARGO_TARGET_DIR:-target}/release/sluice"
+abs_bin="$(realpath "$bin")"
 for f in examples/*.toml; do
   "$bin" validate "$f"
 done
@@ -36,13 +37,28 @@ rm -rf examples/ckpt/wordcount examples/out/wordcount
 "$bin" checkpoint inspect examples/ckpt/wordcount
 "$bin" checkpoint state examples/ckpt/wordcount --num-rows 5
 
+# Every role a plugin: sequence (source plugin) -> SQL -> jsonl_dir (foreachBatch plugin).
+rm -rf examples/ckpt/plugin_roles examples/out/plugin_roles
+(cd examples && "$abs_bin" run plugin_roles.toml)
+python3 - examples/out/plugin_roles <<'PY'
+import json, os, sys
+d = sys.argv[1]
+files = sorted(f for f in os.listdir(d) if f.startswith("batch-"))
+ids = sorted(json.loads(l)["id"] for f in files for l in open(os.path.join(d, f)))
+want = [i for i in range(10000) if i % 3 == 0]
+if len(files) != 10 or ids != want:
+    sys.exit(f"error: plugin_roles wrote {len(files)} files and {len(ids)} ids; expected 10 files and {len(want)} ids")
+print(f"plugin_roles: {len(files)} batch files, {len(ids)} ids, each once")
+PY
+"$bin" plugin inspect examples/plugins/webhook.wasm --config url=http://127.0.0.1:8080/hook | tee /tmp/sluice-inspect.txt
+grep -q "outbound HTTP to 127.0.0.1:8080" /tmp/sluice-inspect.txt || { echo "error: plugin inspect did not show the webhook's requirement" >&2; exit 1; }
+
 # Kafka -> plugin -> aggregate -> Kafka on the local broker; totals checked independently.
 scripts/kafka.sh topics --delete --topic events >/dev/null 2>&1 || true
 scripts/kafka.sh topics --delete --topic user-totals >/dev/null 2>&1 || true
 scripts/kafka.sh topics --create --topic events --partitions 3 --replication-factor 1 >/dev/null
 cat examples/data/events/*.json | scripts/kafka.sh produce events
 rm -rf examples/ckpt/kafka_events
-abs_bin="$(realpath "$bin")"
 (cd examples && "$abs_bin" run kafka_events.toml > /dev/null)
 got="$(scripts/kafka.sh consume user-totals --from-beginning --isolation-level read_committed \
   --timeout-ms 10000 2>/dev/null | grep '^{' || true)"

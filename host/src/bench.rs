@@ -16,7 +16,9 @@ use arrow_array::{BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{Error, Result};
-use crate::plugin::{CallContext, PluginLimits, PluginRuntime, decode_ipc, default_cache_dir, encode_ipc};
+use crate::plugin::wire::{decode_batch, decode_stream, encode_batch, encode_stream};
+use crate::plugin::{CallContext, PluginRuntime, Role, RuntimeConfig, default_cache_dir};
+use crate::spec::{PluginLimits, PluginSpec};
 use crate::{OutputMode, Session, Trigger};
 
 const VOCABULARY: usize = 5000;
@@ -114,12 +116,12 @@ fn batch(rows: usize) -> Result<RecordBatch> {
 
 fn native_filter(schema: &SchemaRef, input: &RecordBatch) -> Result<RecordBatch> {
     // The same work the plugin does, natively: IPC in, filter, IPC out.
-    let (_, batches) = decode_ipc(encode_ipc(schema, std::slice::from_ref(input))?)?;
+    let batches = decode_batch(schema, encode_batch(std::slice::from_ref(input))?)?;
     let b = &batches[0];
     let col = b.column(0).as_any().downcast_ref::<Int64Array>().ok_or_else(|| Error::Internal("i64".into()))?;
     let keep: BooleanArray = col.values().iter().map(|v| Some(v % 2 == 0)).collect();
     let out = arrow_select::filter::filter_record_batch(b, &keep)?;
-    let (_, out) = decode_ipc(encode_ipc(schema, &[out])?)?;
+    let out = decode_batch(schema, encode_batch(&[out])?)?;
     Ok(out.into_iter().next().unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
 }
 
@@ -239,39 +241,80 @@ pub async fn run(lines: usize, plugins: &Path, dir: &Path) -> Result<()> {
         startup.as_secs_f64() * 1e3
     );
 
-    // Boundary cost per call.
-    let runtime = PluginRuntime::try_new(&default_cache_dir())?;
-    let id = runtime.load("identity", &identity).await?;
-    let fl = runtime.load("filter", &filter).await?;
-    let mut limits = PluginLimits::default();
-    limits.memory_bytes = 2 << 30;
-    let mut id_inst = id.instantiate(&[], limits).await?;
-    let mut fl_inst = fl.instantiate(&[], limits).await?;
-    let ctx = CallContext { batch_id: 0, partition: 0, watermark_ms: None, batch_timestamp_ms: 0 };
-    println!("\n## Wasm boundary: one `process` call of the identity plugin\n");
-    println!("| rows/batch | wasm call | native IPC round trip | overhead per row |");
-    println!("|---|---|---|---|");
+    boundary(plugins, &identity, &filter).await
+}
+
+/// A native IPC round trip of `b` (host encodes, guest decodes, guest encodes, host decodes)
+/// in each wire format.
+fn round_trips(b: &RecordBatch, reps: usize) -> Result<(Duration, Duration)> {
+    let schema = b.schema();
+    let stream = best(reps, || {
+        let (_, x) = decode_stream(encode_stream(&schema, std::slice::from_ref(b))?)?;
+        let (_, _y) = decode_stream(encode_stream(&schema, &x)?)?;
+        Ok(())
+    })?;
+    let messages = best(reps, || {
+        let x = decode_batch(&schema, encode_batch(std::slice::from_ref(b))?)?;
+        let _y = decode_batch(&schema, encode_batch(&x)?)?;
+        Ok(())
+    })?;
+    Ok((stream, messages))
+}
+
+/// The Wasm boundary: wire formats side by side, the identity plugin's call cost in both
+/// contract versions, and a Wasm filter against a native one.
+async fn boundary(plugins: &Path, identity: &Path, filter: &Path) -> Result<()> {
+    let runtime = PluginRuntime::try_new(RuntimeConfig::new(&default_cache_dir()))?;
+    let limits = PluginLimits::default().memory(2 << 30);
+    let id = runtime.load(&PluginSpec::new(identity).limits(limits), Role::Transform).await?;
+    let fixture = plugins.join("../../tests/fixtures/identity-0.1.0.wasm");
+    let old = match fixture.exists() {
+        true => Some(runtime.load(&PluginSpec::new(&fixture).limits(limits), Role::Transform).await?),
+        false => None,
+    };
+    let fl = runtime.load(&PluginSpec::new(filter).limits(limits), Role::Transform).await?;
+    let ctx = CallContext {
+        query_id: Arc::from("bench"),
+        batch_id: 0,
+        attempt: 0,
+        partition: 0,
+        num_partitions: 1,
+        watermark_ms: None,
+        batch_timestamp_ms: 0,
+    };
+    println!("\n## Wasm boundary: one `process` call of the identity plugin, and the wire formats natively\n");
+    println!("| rows/batch | wasm call, 0.2.0 (IPC messages) | wasm call, 0.1.0 (IPC stream) | native round trip, IPC stream | native round trip, IPC messages | per row (0.2.0) |");
+    println!("|---|---|---|---|---|---|");
     for rows in [1_000usize, 8_192, 65_536, 1_000_000] {
         let b = batch(rows)?;
         let schema = b.schema();
-        id_inst.output_schema(&schema).await?;
-        let reps = if rows >= 1_000_000 { 5 } else { 50 };
+        let reps = if rows >= 1_000_000 { 5 } else { 200 };
+        let mut inst = id.transformer("bench", &schema).await?;
         let mut wasm = Duration::MAX;
         for _ in 0..reps {
             let t = Instant::now();
-            let out = id_inst.process(ctx, std::slice::from_ref(&b), &schema).await?;
+            let out = inst.process(&ctx, &schema, std::slice::from_ref(&b)).await?;
             wasm = wasm.min(t.elapsed());
             debug_assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), rows);
         }
-        let native = best(reps, || {
-            let (_, x) = decode_ipc(encode_ipc(&schema, std::slice::from_ref(&b))?)?;
-            let (_, _y) = decode_ipc(encode_ipc(&schema, &x)?)?;
-            Ok(())
-        })?;
+        let mut wasm_old = None;
+        if let Some(old) = &old {
+            let mut inst = old.transformer("bench", &schema).await?;
+            let mut best_old = Duration::MAX;
+            for _ in 0..reps {
+                let t = Instant::now();
+                let _ = inst.process(&ctx, &schema, std::slice::from_ref(&b)).await?;
+                best_old = best_old.min(t.elapsed());
+            }
+            wasm_old = Some(best_old);
+        }
+        let (stream, messages) = round_trips(&b, reps)?;
         println!(
-            "| {rows} | {:.1} µs | {:.1} µs | {:.1} ns |",
+            "| {rows} | {:.1} µs | {} | {:.1} µs | {:.1} µs | {:.1} ns |",
             wasm.as_secs_f64() * 1e6,
-            native.as_secs_f64() * 1e6,
+            wasm_old.map(|d| format!("{:.1} µs", d.as_secs_f64() * 1e6)).unwrap_or_else(|| "(no fixture)".into()),
+            stream.as_secs_f64() * 1e6,
+            messages.as_secs_f64() * 1e6,
             wasm.as_secs_f64() * 1e9 / rows as f64
         );
     }
@@ -282,12 +325,12 @@ pub async fn run(lines: usize, plugins: &Path, dir: &Path) -> Result<()> {
     for rows in [65_536usize, 1_000_000] {
         let b = batch(rows)?;
         let schema = b.schema();
-        fl_inst.output_schema(&schema).await?;
+        let mut inst = fl.transformer("bench", &schema).await?;
         let reps = if rows >= 1_000_000 { 5 } else { 50 };
         let mut wasm = Duration::MAX;
         for _ in 0..reps {
             let t = Instant::now();
-            let _ = fl_inst.process(ctx, std::slice::from_ref(&b), &schema).await?;
+            let _ = inst.process(&ctx, &schema, std::slice::from_ref(&b)).await?;
             wasm = wasm.min(t.elapsed());
         }
         let native = best(reps, || native_filter(&schema, &b).map(|_| ()))?;

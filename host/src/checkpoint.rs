@@ -57,6 +57,10 @@ pub(crate) struct OffsetEntry {
     pub(crate) batch_timestamp_ms: i64,
     /// Settings state depends on; checked against the query on restart.
     pub(crate) conf: BTreeMap<String, String>,
+    /// The version (blake3 of the component) of each plugin the batch ran with, by step
+    /// (`source`, `transform.<i>`, `sink`): a re-run of the batch uses the same versions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) plugins: BTreeMap<String, String>,
     /// End offset of each source (`None`: no new data from it).
     #[serde(skip)]
     pub(crate) sources: Vec<Option<serde_json::Value>>,
@@ -415,7 +419,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-ckpt-{}", uuid::Uuid::new_v4()));
         let c = Checkpoint::open(&dir).unwrap();
         let mut e =
-            OffsetEntry { batch_watermark_ms: 0, batch_timestamp_ms: 42, conf: BTreeMap::new(), sources: vec![] };
+            OffsetEntry { batch_watermark_ms: 0, batch_timestamp_ms: 42, conf: BTreeMap::new(), plugins: BTreeMap::new(), sources: vec![] };
         e.sources.push(Some(serde_json::json!({"logOffset": 3})));
         c.write_offsets(0, &e).await.unwrap();
         c.write_offsets(0, &e).await.unwrap(); // idempotent

@@ -2,91 +2,22 @@
 //!
 //! Parsing is two steps, raw then validated: serde with `deny_unknown_fields` rejects unknown
 //! keys (naming the key, the line and the valid choices), then [`PipelineSpec::from_toml`]
-//! checks what serde cannot (exactly one of `plugin`/`sql`, known trigger, durations, sizes).
-//! Sources and sinks check their own `options` when the query is built.
+//! checks what serde cannot (exactly one of `plugin`/`sql`, known trigger, durations, sizes,
+//! grants). Sources and sinks check their own `options` when the query is built.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::{Error, Result};
 use crate::options::{Options, parse_bytes, parse_duration};
-use crate::plugin::PluginLimits;
-use crate::sink::OutputMode;
+use crate::spec::{
+    ClockGrant, ConfigValue, DirGrant, Grants, OnError, OutputMode, PipelineSpec, PluginLimits, PluginSpec, SinkSpec,
+    SourceSpec, TransformSpec,
+};
 use crate::trigger::Trigger;
-
-/// A validated pipeline: what `sluice run` runs and what the Rust API builds.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct PipelineSpec {
-    /// The query name (unique among running queries; names the memory sink's table).
-    pub name: Option<String>,
-    /// Where offsets, commits and state are kept.
-    pub checkpoint_location: Option<PathBuf>,
-    /// Step 1: the input source.
-    pub source: SourceSpec,
-    /// Step 2: transformations, in order.
-    pub transforms: Vec<TransformSpec>,
-    /// Step 3: sink and output mode.
-    pub sink: SinkSpec,
-    /// Step 4: the trigger.
-    pub trigger: Trigger,
-}
-
-/// The input source.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct SourceSpec {
-    /// `socket`, `rate`, `text`, `json`, `csv`, `parquet`.
-    pub format: String,
-    /// Spark-style options.
-    pub options: Options,
-    /// Directory for file sources.
-    pub path: Option<PathBuf>,
-    /// User schema as a DDL string (`"ts TIMESTAMP, user STRING"`).
-    pub schema: Option<String>,
-    pub(crate) location: Option<String>,
-}
-
-/// One transformation step.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum TransformSpec {
-    /// A Wasm component of the `transform` world.
-    Plugin {
-        /// Path of the `.wasm` component.
-        path: PathBuf,
-        /// Name used in logs, errors and progress (defaults to the file stem).
-        name: String,
-        /// The `config` table passed to the plugin's `init`.
-        config: Vec<(String, String)>,
-        /// Memory and time limits.
-        limits: PluginLimits,
-    },
-    /// A SQL query over the previous step's output, visible as table `input`.
-    Sql {
-        /// The query.
-        query: String,
-    },
-}
-
-/// The sink.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct SinkSpec {
-    /// `console`, `memory`, `noop`.
-    pub format: String,
-    /// Append, update or complete.
-    pub output_mode: OutputMode,
-    /// Spark-style options.
-    pub options: Options,
-    /// Output directory for file sinks.
-    pub path: Option<PathBuf>,
-    pub(crate) location: Option<String>,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +31,28 @@ struct RawPipeline {
     trigger: Option<Spanned<RawTrigger>>,
 }
 
+/// The keys every plugin section (source, transform or sink) may carry. (Written out in each
+/// section's struct: serde cannot deny unknown fields through `flatten`.)
+struct RawPlugin {
+    plugin: Option<Spanned<String>>,
+    name: Option<String>,
+    config: BTreeMap<String, toml::Value>,
+    grants: Option<Spanned<RawGrants>>,
+    limits: Option<RawLimits>,
+    on_error: Option<Spanned<toml::Value>>,
+}
+
+impl RawPlugin {
+    fn is_empty(&self) -> bool {
+        self.plugin.is_none()
+            && self.name.is_none()
+            && self.config.is_empty()
+            && self.grants.is_none()
+            && self.limits.is_none()
+            && self.on_error.is_none()
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
@@ -108,17 +61,26 @@ struct RawSource {
     options: BTreeMap<String, Spanned<toml::Value>>,
     path: Option<String>,
     schema: Option<String>,
+    plugin: Option<Spanned<String>>,
+    name: Option<String>,
+    #[serde(default)]
+    config: BTreeMap<String, toml::Value>,
+    grants: Option<Spanned<RawGrants>>,
+    limits: Option<RawLimits>,
+    on_error: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTransform {
-    plugin: Option<String>,
     sql: Option<String>,
+    plugin: Option<Spanned<String>>,
     name: Option<String>,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
+    grants: Option<Spanned<RawGrants>>,
     limits: Option<RawLimits>,
+    on_error: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +88,35 @@ struct RawTransform {
 struct RawLimits {
     memory: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    instances: Option<Spanned<i64>>,
+    fuel: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    #[serde(default)]
+    dirs: Vec<Spanned<RawDir>>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    http: Vec<Spanned<String>>,
+    #[serde(default)]
+    sockets: Vec<Spanned<String>>,
+    clock: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDir {
+    host: String,
+    guest: String,
+    #[serde(default = "yes")]
+    read_only: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -136,6 +127,26 @@ struct RawSink {
     #[serde(default)]
     options: BTreeMap<String, Spanned<toml::Value>>,
     path: Option<String>,
+    plugin: Option<Spanned<String>>,
+    name: Option<String>,
+    #[serde(default)]
+    config: BTreeMap<String, toml::Value>,
+    grants: Option<Spanned<RawGrants>>,
+    limits: Option<RawLimits>,
+    on_error: Option<Spanned<toml::Value>>,
+}
+
+macro_rules! take_plugin {
+    ($raw:expr) => {
+        RawPlugin {
+            plugin: $raw.plugin,
+            name: $raw.name,
+            config: $raw.config,
+            grants: $raw.grants,
+            limits: $raw.limits,
+            on_error: $raw.on_error,
+        }
+    };
 }
 
 #[derive(Deserialize)]
@@ -147,10 +158,12 @@ struct RawTrigger {
     continuous: Option<Spanned<String>>,
 }
 
-/// Maps byte offsets in the file to `file:line:column`.
+/// Maps byte offsets in the file to `file:line:column`, and relative paths to the file's
+/// directory.
 struct Locator<'a> {
     file: &'a str,
     text: &'a str,
+    base: &'a Path,
 }
 
 impl Locator<'_> {
@@ -160,6 +173,16 @@ impl Locator<'_> {
         let col = before.rfind('\n').map(|p| offset - p).unwrap_or(offset + 1);
         format!("{}:{line}:{col}", self.file)
     }
+
+    fn err(&self, offset: usize, message: impl Into<String>) -> Error {
+        Error::Config { location: Some(self.at(offset)), message: message.into() }
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let url = p.contains("://");
+        let path = PathBuf::from(p);
+        if path.is_absolute() || url { path } else { self.base.join(path) }
+    }
 }
 
 fn scalar(v: &toml::Value) -> Option<String> {
@@ -168,6 +191,7 @@ fn scalar(v: &toml::Value) -> Option<String> {
         toml::Value::Integer(i) => Some(i.to_string()),
         toml::Value::Float(f) => Some(f.to_string()),
         toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Datetime(d) => Some(d.to_string()),
         _ => None,
     }
 }
@@ -176,14 +200,225 @@ fn options(loc: &Locator<'_>, raw: BTreeMap<String, Spanned<toml::Value>>, at: O
     let mut o = Options::default();
     o.set_location(at);
     for (k, v) in raw {
-        let where_ = loc.at(v.span().start);
-        let value = scalar(v.get_ref()).ok_or_else(|| Error::Config {
-            location: Some(where_.clone()),
-            message: format!("option `{k}` must be a string, number or boolean"),
-        })?;
-        o.insert(k, value, Some(where_));
+        let value = scalar(v.get_ref())
+            .ok_or_else(|| loc.err(v.span().start, format!("option `{k}` must be a string, number or boolean")))?;
+        o.insert(k, value, Some(loc.at(v.span().start)));
     }
     Ok(o)
+}
+
+fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+    match v {
+        toml::Value::String(s) => serde_json::Value::from(s.clone()),
+        toml::Value::Integer(i) => serde_json::Value::from(*i),
+        toml::Value::Float(f) => serde_json::Value::from(*f),
+        toml::Value::Boolean(b) => serde_json::Value::from(*b),
+        toml::Value::Datetime(d) => serde_json::Value::from(d.to_string()),
+        toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => {
+            serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect())
+        }
+    }
+}
+
+/// A TOML value as a typed plugin config value.
+fn config_value(v: &toml::Value) -> ConfigValue {
+    match v {
+        toml::Value::String(s) => ConfigValue::Str(s.clone()),
+        toml::Value::Integer(i) => ConfigValue::Int(*i),
+        toml::Value::Float(f) => ConfigValue::Float(*f),
+        toml::Value::Boolean(b) => ConfigValue::Bool(*b),
+        toml::Value::Datetime(d) => ConfigValue::Str(d.to_string()),
+        toml::Value::Array(items) if items.iter().all(|i| !matches!(i, toml::Value::Array(_) | toml::Value::Table(_))) => {
+            ConfigValue::List(items.iter().map(config_value).collect())
+        }
+        other => ConfigValue::Json(toml_to_json(other).to_string()),
+    }
+}
+
+/// Parses a `key=value` config argument (`sluice plugin inspect|test --config`): the value is
+/// read as TOML (`3`, `true`, `[1, 2]`, `"text"`), and as a plain string when it is not TOML.
+pub fn parse_config_arg(arg: &str) -> Result<(String, ConfigValue)> {
+    let (key, value) = arg.split_once('=').ok_or_else(|| Error::Config {
+        location: None,
+        message: format!("`--config {arg}`: expected key=value"),
+    })?;
+    let parsed = toml::from_str::<BTreeMap<String, toml::Value>>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .map(|v| config_value(&v))
+        .unwrap_or_else(|| ConfigValue::Str(value.to_string()));
+    Ok((key.trim().to_string(), parsed))
+}
+
+fn limits(loc: &Locator<'_>, raw: RawLimits) -> Result<PluginLimits> {
+    let mut limits = PluginLimits::default();
+    if let Some(m) = raw.memory {
+        limits.memory_bytes =
+            parse_bytes(m.get_ref()).map_err(|e| loc.err(m.span().start, format!("limits.memory: {e}")))?;
+    }
+    if let Some(d) = raw.timeout {
+        limits.timeout =
+            parse_duration(d.get_ref()).map_err(|e| loc.err(d.span().start, format!("limits.timeout: {e}")))?;
+    }
+    if let Some(n) = raw.instances {
+        if *n.get_ref() < 1 || *n.get_ref() > 1024 {
+            return Err(loc.err(n.span().start, "limits.instances must be between 1 and 1024"));
+        }
+        limits.instances = Some(*n.get_ref() as usize);
+    }
+    if let Some(f) = raw.fuel {
+        if *f.get_ref() < 1 {
+            return Err(loc.err(f.span().start, "limits.fuel must be positive"));
+        }
+        limits.fuel = Some(*f.get_ref() as u64);
+    }
+    Ok(limits)
+}
+
+fn check_host_port(loc: &Locator<'_>, s: &Spanned<String>, what: &str) -> Result<String> {
+    let text = s.get_ref().trim();
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(text.to_string()),
+        _ => Err(loc.err(s.span().start, format!("grants.{what}: `{text}` must be `host:port`, e.g. `api.example.com:443`"))),
+    }
+}
+
+fn grants(loc: &Locator<'_>, raw: Spanned<RawGrants>) -> Result<Grants> {
+    let at = raw.span().start;
+    let raw = raw.into_inner();
+    let mut g = Grants::default();
+    for d in raw.dirs {
+        let start = d.span().start;
+        let d = d.into_inner();
+        if !d.guest.starts_with('/') {
+            return Err(loc.err(start, format!("grants.dirs: guest path `{}` must be absolute, e.g. `/data`", d.guest)));
+        }
+        g.dirs.push(DirGrant { host: loc.resolve(&d.host), guest: d.guest, read_only: d.read_only });
+    }
+    g.env = raw.env;
+    for h in &raw.http {
+        g.http.push(check_host_port(loc, h, "http")?);
+    }
+    for s in &raw.sockets {
+        g.sockets.push(check_host_port(loc, s, "sockets")?);
+    }
+    if let Some(c) = raw.clock {
+        g.clock = match c.get_ref().trim().to_ascii_lowercase().as_str() {
+            "real" => ClockGrant::Real,
+            "batch" => ClockGrant::Batch,
+            other => {
+                return Err(loc.err(c.span().start, format!("grants.clock: unknown clock `{other}`; valid: batch, real")));
+            }
+        };
+    }
+    let _ = at;
+    Ok(g)
+}
+
+fn on_error(loc: &Locator<'_>, raw: Spanned<toml::Value>) -> Result<OnError> {
+    let at = raw.span().start;
+    let bad = || {
+        loc.err(
+            at,
+            "on_error must be \"fail\", { retry = N } or { dead_letter = { format = \"json\", path = \"dlq\" } }",
+        )
+    };
+    match raw.get_ref() {
+        toml::Value::String(s) if s.eq_ignore_ascii_case("fail") => Ok(OnError::Fail),
+        toml::Value::Table(t) if t.len() == 1 => {
+            if let Some(n) = t.get("retry") {
+                let n = n.as_integer().filter(|n| (0..=100).contains(n)).ok_or_else(|| {
+                    loc.err(at, "on_error.retry must be a number of retries between 0 and 100")
+                })?;
+                return Ok(OnError::Retry { attempts: n as u32 });
+            }
+            if let Some(toml::Value::Table(d)) = t.get("dead_letter") {
+                let mut sink = SinkSpec::new(d.get("format").and_then(|f| f.as_str()).ok_or_else(bad)?);
+                sink.location = Some(loc.at(at));
+                for (k, v) in d {
+                    match k.as_str() {
+                        "format" => {}
+                        "path" => sink.path = Some(loc.resolve(v.as_str().ok_or_else(bad)?)),
+                        "options" => {
+                            let table = v.as_table().ok_or_else(bad)?;
+                            for (ok, ov) in table {
+                                let value = scalar(ov).ok_or_else(bad)?;
+                                sink.options.insert(ok.clone(), value, Some(loc.at(at)));
+                            }
+                        }
+                        other => {
+                            return Err(loc.err(
+                                at,
+                                format!("unknown key `{other}` in on_error.dead_letter; valid keys: format, path, options"),
+                            ));
+                        }
+                    }
+                }
+                return Ok(OnError::DeadLetter(Box::new(sink)));
+            }
+            Err(bad())
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// A plugin section, if its `plugin` key is set; `what` names the section in errors.
+fn plugin(loc: &Locator<'_>, raw: RawPlugin, what: &str, at: usize) -> Result<Option<PluginSpec>> {
+    let Some(path) = raw.plugin else {
+        if !raw.is_empty() {
+            return Err(loc.err(
+                at,
+                format!("{what}: `name`, `config`, `grants`, `limits` and `on_error` are for plugins; set `plugin` too"),
+            ));
+        }
+        return Ok(None);
+    };
+    let mut spec = PluginSpec::new(loc.resolve(path.get_ref()));
+    spec.location = Some(loc.at(path.span().start));
+    if let Some(n) = raw.name {
+        spec.name = n;
+    }
+    spec.config = raw.config.iter().map(|(k, v)| (k.clone(), config_value(v))).collect();
+    if let Some(g) = raw.grants {
+        spec.grants = grants(loc, g)?;
+    }
+    if let Some(l) = raw.limits {
+        spec.limits = limits(loc, l)?;
+    }
+    if let Some(e) = raw.on_error {
+        spec.on_error = on_error(loc, e)?;
+    }
+    Ok(Some(spec))
+}
+
+fn trigger(loc: &Locator<'_>, raw: Option<Spanned<RawTrigger>>) -> Result<Trigger> {
+    let Some(t) = raw else { return Ok(Trigger::Default) };
+    let at = t.span().start;
+    let t = t.into_inner();
+    let mut chosen = Vec::new();
+    if let Some(p) = &t.processing_time {
+        let d = parse_duration(p.get_ref())
+            .map_err(|e| loc.err(p.span().start, format!("trigger.processing_time: {e}")))?;
+        chosen.push(Trigger::ProcessingTime(d));
+    }
+    if t.available_now == Some(true) {
+        chosen.push(Trigger::AvailableNow);
+    }
+    if t.once == Some(true) {
+        chosen.push(Trigger::Once);
+    }
+    if let Some(c) = &t.continuous {
+        return Err(loc.err(
+            c.span().start,
+            "trigger.continuous is not supported yet; use processing_time, available_now or once",
+        ));
+    }
+    match chosen.len() {
+        0 => Ok(Trigger::Default),
+        1 => Ok(chosen[0]),
+        _ => Err(loc.err(at, "[trigger] takes one of processing_time, available_now or once")),
+    }
 }
 
 impl PipelineSpec {
@@ -198,145 +433,57 @@ impl PipelineSpec {
     /// relative paths.
     pub fn from_toml(text: &str, file: &str, base: &Path) -> Result<Self> {
         let raw: RawPipeline = toml::from_str(text).map_err(|e| {
-            let location = e.span().map(|s| Locator { file, text }.at(s.start));
+            let location = e.span().map(|s| Locator { file, text, base }.at(s.start));
             Error::Config { location, message: e.message().trim().to_string() }
         })?;
-        let loc = Locator { file, text };
-        let resolve = |p: &str| {
-            let url = p.contains("://");
-            let p = PathBuf::from(p);
-            if p.is_absolute() || url { p } else { base.join(p) }
-        };
+        let loc = Locator { file, text, base };
 
-        let src_at = Some(loc.at(raw.source.span().start));
+        let src_at = raw.source.span().start;
         let src = raw.source.into_inner();
-        let source = SourceSpec {
-            format: src.format.get_ref().trim().to_ascii_lowercase(),
-            options: options(&loc, src.options, src_at.clone())?,
-            path: src.path.as_deref().map(resolve),
-            schema: src.schema,
-            location: Some(loc.at(src.format.span().start)),
-        };
+        let mut source = SourceSpec::new(src.format.get_ref());
+        source.options = options(&loc, src.options, Some(loc.at(src_at)))?;
+        source.path = src.path.as_deref().map(|p| loc.resolve(p));
+        source.schema = src.schema;
+        source.location = Some(loc.at(src.format.span().start));
+        source.plugin = plugin(&loc, take_plugin!(src), "[source]", src_at)?;
 
         let mut transforms = Vec::new();
         for (i, t) in raw.transform.into_iter().enumerate() {
-            let at = Some(loc.at(t.span().start));
+            let at = t.span().start;
             let t = t.into_inner();
-            let step = match (t.plugin, t.sql) {
-                (Some(p), None) => {
-                    let path = resolve(&p);
-                    let name = t.name.unwrap_or_else(|| {
-                        path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| format!("step{i}"))
-                    });
-                    let mut config = Vec::new();
-                    for (k, v) in t.config {
-                        let v = scalar(&v).ok_or_else(|| Error::Config {
-                            location: at.clone(),
-                            message: format!("transform {i}: config `{k}` must be a string, number or boolean"),
-                        })?;
-                        config.push((k, v));
-                    }
-                    let mut limits = PluginLimits::default();
-                    if let Some(l) = t.limits {
-                        if let Some(m) = l.memory {
-                            limits.memory_bytes = parse_bytes(m.get_ref()).map_err(|message| Error::Config {
-                                location: Some(loc.at(m.span().start)),
-                                message: format!("limits.memory: {message}"),
-                            })?;
-                        }
-                        if let Some(d) = l.timeout {
-                            limits.timeout = parse_duration(d.get_ref()).map_err(|message| Error::Config {
-                                location: Some(loc.at(d.span().start)),
-                                message: format!("limits.timeout: {message}"),
-                            })?;
-                        }
-                    }
-                    TransformSpec::Plugin { path, name, config, limits }
+            let what = format!("transform {i}");
+            let sql = t.sql;
+            let step = match (sql, plugin(&loc, take_plugin!(t), &what, at)?) {
+                (None, Some(p)) => TransformSpec::Plugin(p),
+                (Some(query), None) => TransformSpec::Sql { query },
+                (Some(_), Some(_)) => {
+                    return Err(loc.err(at, format!("{what} needs exactly one of `plugin` (a .wasm path) or `sql` (a query over `input`)")));
                 }
-                (None, Some(query)) => {
-                    if !t.config.is_empty() || t.limits.is_some() {
-                        return Err(Error::Config {
-                            location: at,
-                            message: format!("transform {i}: `config` and `limits` are for plugin steps, not `sql`"),
-                        });
-                    }
-                    TransformSpec::Sql { query }
-                }
-                _ => {
-                    return Err(Error::Config {
-                        location: at,
-                        message: format!(
-                            "transform {i} needs exactly one of `plugin` (a .wasm path) or `sql` (a query over `input`)"
-                        ),
-                    });
+                (None, None) => {
+                    return Err(loc.err(at, format!("{what} needs exactly one of `plugin` (a .wasm path) or `sql` (a query over `input`)")));
                 }
             };
             transforms.push(step);
         }
 
-        let sink_at = Some(loc.at(raw.sink.span().start));
+        let sink_at = raw.sink.span().start;
         let sk = raw.sink.into_inner();
-        let output_mode = match &sk.output_mode {
-            None => OutputMode::Append,
-            Some(m) => m
-                .get_ref()
-                .parse()
-                .map_err(|message: String| Error::Config { location: Some(loc.at(m.span().start)), message })?,
-        };
-        let sink = SinkSpec {
-            format: sk.format.get_ref().trim().to_ascii_lowercase(),
-            output_mode,
-            options: options(&loc, sk.options, sink_at)?,
-            path: sk.path.as_deref().map(resolve),
-            location: Some(loc.at(sk.format.span().start)),
-        };
-
-        let trigger = match raw.trigger {
-            None => Trigger::Default,
-            Some(t) => {
-                let at = Some(loc.at(t.span().start));
-                let t = t.into_inner();
-                let mut chosen = Vec::new();
-                if let Some(p) = &t.processing_time {
-                    let d: Duration = parse_duration(p.get_ref()).map_err(|message| Error::Config {
-                        location: Some(loc.at(p.span().start)),
-                        message: format!("trigger.processing_time: {message}"),
-                    })?;
-                    chosen.push(Trigger::ProcessingTime(d));
-                }
-                if t.available_now == Some(true) {
-                    chosen.push(Trigger::AvailableNow);
-                }
-                if t.once == Some(true) {
-                    chosen.push(Trigger::Once);
-                }
-                if let Some(c) = &t.continuous {
-                    return Err(Error::Config {
-                        location: Some(loc.at(c.span().start)),
-                        message: "trigger.continuous is not supported yet; use processing_time, available_now or once"
-                            .into(),
-                    });
-                }
-                match chosen.len() {
-                    0 => Trigger::Default,
-                    1 => chosen[0],
-                    _ => {
-                        return Err(Error::Config {
-                            location: at,
-                            message: "[trigger] takes one of processing_time, available_now or once".into(),
-                        });
-                    }
-                }
-            }
-        };
+        let mut sink = SinkSpec::new(sk.format.get_ref());
+        if let Some(m) = &sk.output_mode {
+            sink.output_mode = m.get_ref().parse::<OutputMode>().map_err(|message| loc.err(m.span().start, message))?;
+        }
+        sink.options = options(&loc, sk.options, Some(loc.at(sink_at)))?;
+        sink.path = sk.path.as_deref().map(|p| loc.resolve(p));
+        sink.location = Some(loc.at(sk.format.span().start));
+        sink.plugin = plugin(&loc, take_plugin!(sk), "[sink]", sink_at)?;
 
         Ok(PipelineSpec {
             name: raw.name,
-            checkpoint_location: raw.checkpoint_location.as_deref().map(resolve),
+            checkpoint_location: raw.checkpoint_location.as_deref().map(|p| loc.resolve(p)),
             source,
             transforms,
             sink,
-            trigger,
+            trigger: trigger(&loc, raw.trigger)?,
         })
     }
 }

@@ -21,11 +21,18 @@ pub enum ErrorKind {
 
 /// The resource limit a plugin hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Limit {
-    /// The per-call time limit.
+    /// The per-call time limit (which also bounds time spent waiting in host calls).
     Time,
-    /// The per-instance memory cap.
+    /// The per-instance memory cap, over all its memories and tables.
     Memory,
+    /// The process-wide memory budget shared by all plugin instances.
+    ProcessMemory,
+    /// The cap on table elements.
+    Table,
+    /// The per-call fuel (CPU) budget.
+    Fuel,
 }
 
 impl std::fmt::Display for Limit {
@@ -33,8 +40,28 @@ impl std::fmt::Display for Limit {
         f.write_str(match self {
             Limit::Time => "time limit",
             Limit::Memory => "memory limit",
+            Limit::ProcessMemory => "process-wide plugin memory budget",
+            Limit::Table => "table limit",
+            Limit::Fuel => "fuel limit",
         })
     }
+}
+
+/// What went wrong in a plugin call that returned (rather than trapped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PluginFault {
+    /// The plugin refused its configuration.
+    InvalidConfig,
+    /// The plugin refused its input.
+    InvalidInput,
+    /// The plugin reported a transient failure; a retry may succeed.
+    Retryable,
+    /// The plugin reported a failure.
+    Failed,
+    /// The plugin broke the contract: invalid Arrow IPC, a batch not matching its declared
+    /// schema, an instance used after it trapped.
+    Contract,
 }
 
 /// Errors from Sluice.
@@ -77,9 +104,13 @@ pub enum Error {
     #[error("plugin `{plugin}`: cannot load {path}: {message}")]
     PluginLoad { plugin: String, path: PathBuf, message: String },
 
-    /// A plugin returned an error.
+    /// A plugin returned an error or broke the contract.
     #[error("plugin `{plugin}` failed in `{call}`{}: {message}", batch.map(|b| format!(" (batch {b})")).unwrap_or_default())]
-    Plugin { plugin: String, call: &'static str, batch: Option<u64>, message: String },
+    Plugin { plugin: String, call: &'static str, batch: Option<u64>, fault: PluginFault, message: String },
+
+    /// A plugin needs something its grants do not give it.
+    #[error("plugin `{plugin}` needs {requirement}, which is not granted; {hint}")]
+    MissingGrant { plugin: String, requirement: String, hint: String },
 
     /// A plugin trapped (panicked, hit `unreachable`, ...). The instance is discarded.
     #[error("plugin `{plugin}` trapped in `{call}`{}: {message}", batch.map(|b| format!(" (batch {b})")).unwrap_or_default())]
@@ -145,12 +176,39 @@ impl Error {
             | Error::IncompatibleChange { .. }
             | Error::Sql { .. } => ErrorKind::User,
             Error::CorruptCheckpoint { .. } | Error::Checkpoint { .. } => ErrorKind::External,
+            Error::MissingGrant { .. } | Error::Plugin { fault: PluginFault::InvalidConfig, .. } => ErrorKind::User,
             Error::PluginLoad { .. } | Error::Plugin { .. } | Error::PluginTrap { .. } => ErrorKind::Plugin,
             Error::PluginLimit { .. } => ErrorKind::ResourceLimit,
             Error::Source { kind, .. } => *kind,
             Error::Sink { .. } | Error::Io { .. } => ErrorKind::External,
             Error::Failed(e) => e.kind(),
             Error::Arrow(_) | Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether running the failed work again, on a fresh plugin instance, may succeed: a
+    /// plugin's `retryable` error, a trap or a time limit. Configuration and contract errors,
+    /// memory and fuel limits are not retried.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Error::Plugin { fault, .. } => *fault == PluginFault::Retryable,
+            Error::PluginTrap { .. } => true,
+            Error::PluginLimit { limit, .. } => *limit == Limit::Time,
+            Error::Failed(e) => e.retryable(),
+            _ => false,
+        }
+    }
+
+    /// The plugin an error is about, if any.
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            Error::PluginLoad { plugin, .. }
+            | Error::Plugin { plugin, .. }
+            | Error::PluginTrap { plugin, .. }
+            | Error::PluginLimit { plugin, .. }
+            | Error::MissingGrant { plugin, .. } => Some(plugin),
+            Error::Failed(e) => e.plugin(),
+            _ => None,
         }
     }
 

@@ -23,41 +23,55 @@
 //! Main types: [`Session`] (entry point), [`PipelineSpec`] (a validated pipeline, from a file or
 //! the API), [`StreamingQuery`] (the running query's handle), [`Error`].
 //!
-//! Modules: `config` (pipeline file), `session` (Rust API), `engine` (micro-batch loop,
-//! progress), `source` (socket, rate, files), `sql` (incremental SQL on DataFusion), `plugin`
-//! (the Wasm runtime; the only module that names wasmtime), `sink` (console, memory, noop,
-//! json/csv/parquet files), `checkpoint` (offsets and commits through object_store), `state`
-//! (versioned state store), `inspect` (checkpoint inspection and state reader), `trigger`,
-//! `options`, `schema`, `error`.
+//! Modules: `spec` (what a pipeline is; a leaf), `config` (the pipeline file), `session` (Rust
+//! API), `engine` (micro-batch loop), `progress` (Spark's progress JSON), `source` (the source
+//! registry: socket, rate, files, Kafka, plugin), `sql` (incremental SQL on DataFusion),
+//! `plugin` (the Wasm runtime; the only module that names wasmtime), `sink` (the sink registry:
+//! console, memory, noop, files, Kafka, foreach/foreachBatch), `foreach` (native foreach
+//! sinks), `checkpoint` (offsets and commits through object_store), `state` (versioned state
+//! store), `inspect` (checkpoint inspection and state reader), `faults` (crash-test pauses),
+//! `trigger`, `options`, `schema`, `error`.
 
 pub mod bench;
 mod checkpoint;
 mod config;
+pub mod devkit;
 mod engine;
 mod error;
+mod faults;
+mod foreach;
 mod inspect;
 pub mod kafka;
 mod options;
 mod plugin;
+mod progress;
 mod schema;
 mod session;
 mod sink;
 mod source;
+mod spec;
 mod sql;
 mod state;
 mod trigger;
 
-pub use config::{PipelineSpec, SinkSpec, SourceSpec, TransformSpec};
+pub use arrow_array::RecordBatch;
+pub use config::parse_config_arg;
 pub use engine::StreamingQuery;
-pub use engine::progress::{
-    PluginProgress, SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress, StreamingQueryStatus,
-};
-pub use error::{Error, ErrorKind, Limit, Result};
+pub use error::{Error, ErrorKind, Limit, PluginFault, Result};
+pub use foreach::{BatchInfo, ForeachBatchFn, ForeachWriter, ForeachWriterFactory};
 pub use inspect::{BatchReport, CheckpointReport, OperatorReport, inspect_checkpoint, read_state};
 pub use options::Options;
-pub use plugin::{PluginLimits, default_cache_dir};
+pub use plugin::inspect::PluginReport;
+pub use plugin::{DEFAULT_MEMORY_BUDGET, Requirement, Role, RuntimeConfig, default_cache_dir};
+pub use progress::{
+    PluginProgress, SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress, StreamingQueryStatus,
+};
 pub use schema::parse_ddl;
-pub use session::{DataStreamReader, DataStreamWriter, Session, StreamingDataFrame};
-pub use sink::{MemoryTables, OutputMode};
+pub use session::{DataStreamReader, DataStreamWriter, Session, StreamingDataFrame, Validated};
+pub use sink::MemoryTables;
 pub use source::Offset;
+pub use spec::{
+    ClockGrant, ConfigValue, DirGrant, Grants, NativeSink, OnError, OutputMode, PipelineSpec, PluginConfig,
+    PluginLimits, PluginSpec, SinkSpec, SourceSpec, TransformSpec,
+};
 pub use trigger::Trigger;

@@ -27,6 +27,11 @@ enum Command {
         /// The pipeline file (TOML).
         file: PathBuf,
     },
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Look into a checkpoint.
     Checkpoint {
         #[command(subcommand)]
@@ -49,6 +54,65 @@ enum Command {
         /// Records for the Kafka benchmark.
         #[arg(long, default_value_t = 1_000_000)]
         records: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create a plugin crate, ready to build (the SDK comes with this binary).
+    New {
+        /// The crate name (a-z, 0-9, _ and -).
+        name: String,
+        /// transform | source | batch-sink | foreach-sink
+        #[arg(long, default_value = "transform")]
+        world: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build the plugin crate in DIR (default: here) into a component.
+    Build {
+        /// The crate's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Where to put the .wasm (default: the crate's directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run a component on sample rows (JSON lines) and print what it does.
+    Test {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Input rows, one JSON object per line (transforms and sinks).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The input schema as DDL (`"id BIGINT, name STRING"`); inferred when absent.
+        #[arg(long)]
+        schema: Option<String>,
+        /// A config entry `key=value` (the value read as TOML); repeat for more.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Grant a directory, `host:guest` (read-only) or `host:guest:rw`.
+        #[arg(long = "grant-dir", value_name = "HOST:GUEST[:rw]")]
+        grant_dir: Vec<String>,
+        /// Grant outbound HTTP to `host:port`.
+        #[arg(long = "grant-http", value_name = "HOST:PORT")]
+        grant_http: Vec<String>,
+        /// Grant an environment variable.
+        #[arg(long = "grant-env", value_name = "NAME")]
+        grant_env: Vec<String>,
+        /// Batches to read from a source.
+        #[arg(long, default_value_t = 3)]
+        batches: usize,
+    },
+    /// Print a component's contract, world, exports, imports and, for a config, what it
+    /// declares it needs.
+    Inspect {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// A config entry `key=value` (the value read as TOML); repeat for more.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
     },
 }
 
@@ -136,9 +200,49 @@ async fn run(command: Command) -> sluice::Result<()> {
         Command::Validate { file } => {
             let spec = sluice::PipelineSpec::from_file(&file)?;
             let session = sluice::Session::try_new()?;
-            let schema = session.validate(&spec).await?;
-            let cols: Vec<String> = schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
-            println!("{}: OK; output columns: {}", file.display(), cols.join(", "));
+            let v = session.check(&spec).await?;
+            let cols: Vec<String> = v.schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
+            println!("{}: OK; output columns: {}; delivery: {}", file.display(), cols.join(", "), v.guarantee);
+            Ok(())
+        }
+        Command::Plugin { command: PluginCommand::New { name, world, dir } } => {
+            let path = sluice::devkit::new_plugin(&name, &world, &dir, &sluice::default_cache_dir())?;
+            println!("created {} ({world} world); build it with: sluice plugin build {}", path.display(), path.display());
+            Ok(())
+        }
+        Command::Plugin { command: PluginCommand::Build { dir, out } } => {
+            let wasm = sluice::devkit::build_plugin(&dir, out.as_deref(), &sluice::default_cache_dir()).await?;
+            let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0);
+            println!("built {} ({size} bytes)", wasm.display());
+            Ok(())
+        }
+        Command::Plugin {
+            command: PluginCommand::Test { file, input, schema, config, grant_dir, grant_http, grant_env, batches },
+        } => {
+            let config = config.iter().map(|c| sluice::parse_config_arg(c)).collect::<sluice::Result<Vec<_>>>()?;
+            let mut t = sluice::devkit::PluginTest::new(&file, config);
+            t.input = input;
+            t.schema = schema;
+            t.batches = batches;
+            for d in grant_dir {
+                let parts: Vec<&str> = d.split(':').collect();
+                let (host, guest, rw) = match parts.as_slice() {
+                    [h, g] => (*h, *g, false),
+                    [h, g, "rw"] => (*h, *g, true),
+                    _ => return Err(sluice::Error::Config { location: None, message: format!("--grant-dir {d}: expected HOST:GUEST or HOST:GUEST:rw") }),
+                };
+                t.plugin.grants.dirs.push(sluice::DirGrant::new(host, guest, !rw));
+            }
+            t.plugin.grants.http = grant_http;
+            t.plugin.grants.env = grant_env;
+            let session = sluice::Session::try_new()?;
+            print!("{}", sluice::devkit::test_plugin(&session, &t).await?);
+            Ok(())
+        }
+        Command::Plugin { command: PluginCommand::Inspect { file, config } } => {
+            let config = config.iter().map(|c| sluice::parse_config_arg(c)).collect::<sluice::Result<Vec<_>>>()?;
+            let session = sluice::Session::try_new()?;
+            print!("{}", session.inspect_plugin(&file, config).await?);
             Ok(())
         }
         Command::Checkpoint { command: CheckpointCommand::Inspect { dir } } => {

@@ -32,6 +32,11 @@ impl Options {
         o
     }
 
+    /// Sets `key` to `value` (keys match case-insensitively).
+    pub fn set(&mut self, key: &str, value: impl ToString) {
+        self.insert(key.to_string(), value.to_string(), None);
+    }
+
     pub(crate) fn insert(&mut self, key: String, value: String, location: Option<String>) {
         self.entries.insert(key.to_ascii_lowercase(), Entry { key, value, location });
     }

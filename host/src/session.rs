@@ -2,19 +2,24 @@
 //! transformations, then `.write_stream().format(..).output_mode(..).start()`.
 //!
 //! It builds the same [`PipelineSpec`] the pipeline file does, so both front ends run the same
-//! code and accept the same options.
+//! code and accept the same options. Plugins in every role take a [`PluginSpec`] (path, config,
+//! grants, limits, failure policy); `foreach_batch` / `foreach` also take Rust code.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 
-use crate::config::{PipelineSpec, SinkSpec, SourceSpec, TransformSpec};
 use crate::engine::{Query, StreamingQuery};
 use crate::error::Result;
-use crate::options::Options;
-use crate::plugin::{PluginLimits, PluginRuntime, default_cache_dir};
-use crate::sink::{MemoryTables, OutputMode};
+use crate::foreach::{ForeachBatchFn, ForeachWriterFactory};
+use crate::plugin::inspect::PluginReport;
+use crate::plugin::{PluginRuntime, RuntimeConfig, default_cache_dir};
+use crate::sink::MemoryTables;
+use crate::spec::{
+    NativeSink, OutputMode, PipelineSpec, PluginConfig, PluginLimits, PluginSpec, SinkSpec, SourceSpec, TransformSpec,
+};
 use crate::trigger::Trigger;
 
 /// The entry point (Spark's `SparkSession`): owns the plugin runtime and the memory tables.
@@ -32,18 +37,17 @@ impl Session {
 
     /// A session caching compiled plugins under `dir`.
     pub fn with_cache_dir(dir: &Path) -> Result<Self> {
-        Ok(Session { runtime: PluginRuntime::try_new(dir)?, tables: MemoryTables::default() })
+        Self::with_config(RuntimeConfig::new(dir))
+    }
+
+    /// A session with explicit plugin-runtime settings (cache, process-wide memory budget, fuel).
+    pub fn with_config(config: RuntimeConfig) -> Result<Self> {
+        Ok(Session { runtime: PluginRuntime::try_new(config)?, tables: MemoryTables::default() })
     }
 
     /// Starts describing a streaming source.
     pub fn read_stream(&self) -> DataStreamReader {
-        DataStreamReader {
-            session: self.clone(),
-            format: String::new(),
-            options: Options::default(),
-            schema: None,
-            path: None,
-        }
+        DataStreamReader { session: self.clone(), source: SourceSpec::new("") }
     }
 
     /// The rows a `memory` sink has written to table `name` (the query's name).
@@ -58,55 +62,79 @@ impl Session {
     }
 
     /// Builds the query without running it and returns the schema of what reaches the sink
-    /// (what `sluice validate` does): loads plugins, plans SQL, checks options and modes.
+    /// (what `sluice validate` does): loads plugins and checks their grants, plans SQL, checks
+    /// options and modes.
     pub async fn validate(&self, spec: &PipelineSpec) -> Result<SchemaRef> {
-        Ok(Query::build(spec, &self.runtime, &self.tables).await?.output_schema())
+        Ok(self.check(spec).await?.schema)
     }
+
+    /// Like [`Session::validate`], also stating the query's end-to-end delivery guarantee.
+    pub async fn check(&self, spec: &PipelineSpec) -> Result<Validated> {
+        let q = Query::build(spec, &self.runtime, &self.tables).await?;
+        Ok(Validated { schema: q.output_schema(), guarantee: q.guarantee.clone() })
+    }
+
+    /// What a component is and, for `config`, what it declares it needs (`sluice plugin inspect`).
+    pub async fn inspect_plugin(&self, path: &Path, config: PluginConfig) -> Result<PluginReport> {
+        self.runtime.inspect(path, config).await
+    }
+
+    pub(crate) fn runtime(&self) -> &PluginRuntime {
+        &self.runtime
+    }
+
+    /// Bytes of plugin memory all instances of this session's runtime hold now, and the budget.
+    pub fn plugin_memory(&self) -> (u64, u64) {
+        self.runtime.memory_in_use()
+    }
+}
+
+/// What validating a pipeline found.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Validated {
+    /// The schema of what reaches the sink.
+    pub schema: SchemaRef,
+    /// The end-to-end delivery guarantee, in words.
+    pub guarantee: String,
 }
 
 /// Describes a source (Spark's `DataStreamReader`).
 #[must_use]
 pub struct DataStreamReader {
     session: Session,
-    format: String,
-    options: Options,
-    schema: Option<String>,
-    path: Option<PathBuf>,
+    source: SourceSpec,
 }
 
 impl DataStreamReader {
-    /// `socket`, `rate`, `text`, `json`, `csv` or `parquet`.
+    /// `socket`, `rate`, `kafka`, `text`, `json`, `csv`, `parquet` (or see [`Self::plugin`]).
     pub fn format(mut self, format: &str) -> Self {
-        self.format = format.to_ascii_lowercase();
+        self.source.format = format.to_ascii_lowercase();
         self
     }
     /// Sets a source option (Spark's names, case-insensitive).
     pub fn option(mut self, key: &str, value: impl ToString) -> Self {
-        self.options.insert(key.to_string(), value.to_string(), None);
+        self.source.options.insert(key.to_string(), value.to_string(), None);
         self
     }
     /// The schema, as a DDL string (`"ts TIMESTAMP, user STRING"`).
     pub fn schema(mut self, ddl: &str) -> Self {
-        self.schema = Some(ddl.to_string());
+        self.source.schema = Some(ddl.to_string());
+        self
+    }
+    /// A source plugin (format `plugin`): a component of the `source-plugin` world.
+    pub fn plugin(mut self, plugin: PluginSpec) -> Self {
+        self.source.format = "plugin".into();
+        self.source.plugin = Some(plugin);
         self
     }
     /// Finishes the source description.
     pub fn load(self) -> StreamingDataFrame {
-        StreamingDataFrame {
-            session: self.session,
-            source: SourceSpec {
-                format: self.format,
-                options: self.options,
-                path: self.path,
-                schema: self.schema,
-                location: None,
-            },
-            transforms: Vec::new(),
-        }
+        StreamingDataFrame { session: self.session, source: self.source, transforms: Vec::new() }
     }
     /// Finishes a file source description with the directory to watch.
     pub fn load_path(mut self, path: impl Into<PathBuf>) -> StreamingDataFrame {
-        self.path = Some(path.into());
+        self.source.path = Some(path.into());
         self.load()
     }
 }
@@ -126,7 +154,7 @@ impl StreamingDataFrame {
         self
     }
 
-    /// Adds a Wasm plugin step with default limits.
+    /// Adds a Wasm plugin step with string config values and default limits.
     pub fn plugin<K: ToString, V: ToString>(
         self,
         path: impl Into<PathBuf>,
@@ -135,17 +163,23 @@ impl StreamingDataFrame {
         self.plugin_with_limits(path, config, PluginLimits::default())
     }
 
-    /// Adds a Wasm plugin step with explicit limits.
+    /// Adds a Wasm plugin step with string config values and explicit limits.
     pub fn plugin_with_limits<K: ToString, V: ToString>(
-        mut self,
+        self,
         path: impl Into<PathBuf>,
         config: impl IntoIterator<Item = (K, V)>,
         limits: PluginLimits,
     ) -> Self {
-        let path = path.into();
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin".into());
-        let config = config.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        self.transforms.push(TransformSpec::Plugin { path, name, config, limits });
+        let mut spec = PluginSpec::new(path).limits(limits);
+        for (k, v) in config {
+            spec = spec.config(&k.to_string(), v.to_string());
+        }
+        self.transform(spec)
+    }
+
+    /// Adds a Wasm plugin step (typed config, grants, limits, failure policy).
+    pub fn transform(mut self, plugin: PluginSpec) -> Self {
+        self.transforms.push(TransformSpec::Plugin(plugin));
         self
     }
 
@@ -153,13 +187,10 @@ impl StreamingDataFrame {
     pub fn write_stream(self) -> DataStreamWriter {
         DataStreamWriter {
             df: self,
-            format: "console".into(),
-            mode: OutputMode::Append,
-            options: Options::default(),
+            sink: SinkSpec::new("console"),
             trigger: Trigger::Default,
             name: None,
             checkpoint: None,
-            path: None,
         }
     }
 }
@@ -168,24 +199,21 @@ impl StreamingDataFrame {
 #[must_use]
 pub struct DataStreamWriter {
     df: StreamingDataFrame,
-    format: String,
-    mode: OutputMode,
-    options: Options,
+    sink: SinkSpec,
     trigger: Trigger,
     name: Option<String>,
     checkpoint: Option<PathBuf>,
-    path: Option<PathBuf>,
 }
 
 impl DataStreamWriter {
-    /// `console`, `memory` or `noop`.
+    /// `console`, `memory`, `noop`, `kafka`, `json`, `csv`, `parquet`, `foreach_batch`, `foreach`.
     pub fn format(mut self, format: &str) -> Self {
-        self.format = format.to_ascii_lowercase();
+        self.sink.format = format.to_ascii_lowercase();
         self
     }
     /// Append (default), update or complete.
     pub fn output_mode(mut self, mode: OutputMode) -> Self {
-        self.mode = mode;
+        self.sink.output_mode = mode;
         self
     }
     /// Sets a sink option. `checkpointLocation` sets the checkpoint location, as in Spark.
@@ -193,7 +221,7 @@ impl DataStreamWriter {
         if key.eq_ignore_ascii_case("checkpointLocation") {
             self.checkpoint = Some(PathBuf::from(value.to_string()));
         } else {
-            self.options.insert(key.to_string(), value.to_string(), None);
+            self.sink.options.insert(key.to_string(), value.to_string(), None);
         }
         self
     }
@@ -209,7 +237,27 @@ impl DataStreamWriter {
     }
     /// The output directory, for file sinks.
     pub fn path(mut self, path: impl Into<PathBuf>) -> Self {
-        self.path = Some(path.into());
+        self.sink.path = Some(path.into());
+        self
+    }
+    /// A sink plugin: `format` must be `foreach_batch` or `foreach`, and the component of the
+    /// matching world.
+    pub fn plugin(mut self, format: &str, plugin: PluginSpec) -> Self {
+        self.sink.format = format.to_ascii_lowercase();
+        self.sink.plugin = Some(plugin);
+        self
+    }
+    /// Spark's `foreachBatch` with Rust code: `f(info, rows)` once per micro-batch.
+    pub fn foreach_batch(mut self, f: impl ForeachBatchFn) -> Self {
+        self.sink.format = "foreach_batch".into();
+        self.sink.native = Some(NativeSink::ForeachBatch(Arc::new(f)));
+        self
+    }
+    /// Spark's `foreach` with a [`ForeachWriter`](crate::ForeachWriter): a clone per partition
+    /// and micro-batch.
+    pub fn foreach(mut self, writer: impl ForeachWriterFactory) -> Self {
+        self.sink.format = "foreach".into();
+        self.sink.native = Some(NativeSink::Foreach(Arc::new(writer)));
         self
     }
 
@@ -220,13 +268,7 @@ impl DataStreamWriter {
             checkpoint_location: self.checkpoint,
             source: self.df.source,
             transforms: self.df.transforms,
-            sink: SinkSpec {
-                format: self.format,
-                output_mode: self.mode,
-                options: self.options,
-                path: self.path,
-                location: None,
-            },
+            sink: self.sink,
             trigger: self.trigger,
         };
         (self.df.session, spec)

@@ -11,11 +11,14 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use serde::{Deserialize, Serialize};
 
-use crate::config::SourceSpec;
 use crate::error::{Error, Result};
+use crate::plugin::{PluginRuntime, Role};
+use crate::progress::PluginProgress;
+use crate::spec::SourceSpec;
 
 pub(crate) mod file;
 pub(crate) mod kafka;
+pub(crate) mod plugin;
 pub(crate) mod rate;
 pub(crate) mod socket;
 
@@ -82,7 +85,9 @@ pub(crate) trait Source: Send {
     }
     /// The offset the next batch should end at, starting from `start`; `None` if no data yet.
     async fn latest_offset(&mut self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>>;
-    /// The rows in `(start, end]`.
+    /// Which micro-batch the next `get_batch` reads for, and its timestamp.
+    fn begin_batch(&mut self, _batch_id: u64, _timestamp_ms: i64) {}
+    /// The rows in `(start, end]`, each batch tagged with its logical input partition.
     async fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Partitioned>;
     /// Data up to `end` is processed and committed: the source may forget it.
     async fn commit(&mut self, _end: &Offset) -> Result<()> {
@@ -107,6 +112,10 @@ pub(crate) trait Source: Send {
     fn metrics(&self, _end: &Offset) -> BTreeMap<String, String> {
         BTreeMap::new()
     }
+    /// Figures of the plugin behind the source since the last call, if it is one.
+    fn plugin_progress(&mut self) -> Vec<PluginProgress> {
+        Vec::new()
+    }
     /// Restores the source after a restart from its persisted log entries (in batch order) and
     /// the last end offset logged.
     async fn restore(&mut self, _log: Vec<(u64, serde_json::Value)>, _last: Option<&Offset>) -> Result<()> {
@@ -114,40 +123,139 @@ pub(crate) trait Source: Send {
     }
 }
 
-/// Source formats known to this build.
-pub(crate) const SOURCE_FORMATS: &[&str] = &["socket", "rate", "kafka", "text", "json", "csv", "parquet"];
+/// What a source provider needs to build a source.
+pub(crate) struct SourceContext<'a> {
+    pub(crate) runtime: &'a PluginRuntime,
+    pub(crate) query_id: &'a str,
+    pub(crate) parallelism: usize,
+}
 
-/// Builds the source a spec names, checking its options.
-pub(crate) fn build(spec: &SourceSpec) -> Result<Box<dyn Source>> {
-    let loc = spec.location.clone();
-    let no_path = |what: &str| -> Result<()> {
+/// One entry of the source registry: a format (or several sharing one implementation), what
+/// it promises, and how to build it.
+#[async_trait::async_trait]
+pub(crate) trait SourceProvider: Sync {
+    /// The `format` names it serves.
+    fn names(&self) -> &'static [&'static str];
+    /// Whether the same offset range always yields the same rows (needed for exactly-once).
+    fn replayable(&self) -> bool;
+    /// Builds the source, checking its options.
+    async fn create(&self, spec: &SourceSpec, cx: &SourceContext<'_>) -> Result<Box<dyn Source>>;
+}
+
+fn no_path(spec: &SourceSpec, what: &str) -> Result<()> {
+    if spec.path.is_some() || spec.schema.is_some() || spec.plugin.is_some() {
+        return Err(Error::Config {
+            location: spec.location.clone(),
+            message: format!("the {what} source takes no `path`, `schema` or `plugin`"),
+        });
+    }
+    Ok(())
+}
+
+struct SocketProvider;
+#[async_trait::async_trait]
+impl SourceProvider for SocketProvider {
+    fn names(&self) -> &'static [&'static str] {
+        &["socket"]
+    }
+    fn replayable(&self) -> bool {
+        false
+    }
+    async fn create(&self, spec: &SourceSpec, _: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+        no_path(spec, "socket")?;
+        Ok(Box::new(socket::SocketSource::try_new(&spec.options)?))
+    }
+}
+
+struct RateProvider;
+#[async_trait::async_trait]
+impl SourceProvider for RateProvider {
+    fn names(&self) -> &'static [&'static str] {
+        &["rate"]
+    }
+    fn replayable(&self) -> bool {
+        true
+    }
+    async fn create(&self, spec: &SourceSpec, _: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+        no_path(spec, "rate")?;
+        Ok(Box::new(rate::RateSource::try_new(&spec.options)?))
+    }
+}
+
+struct KafkaProvider;
+#[async_trait::async_trait]
+impl SourceProvider for KafkaProvider {
+    fn names(&self) -> &'static [&'static str] {
+        &["kafka"]
+    }
+    fn replayable(&self) -> bool {
+        true
+    }
+    async fn create(&self, spec: &SourceSpec, _: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+        no_path(spec, "kafka")?;
+        Ok(Box::new(kafka::KafkaSource::try_new(&spec.options).map_err(|e| e.at(spec.location.clone()))?))
+    }
+}
+
+struct FileProvider;
+#[async_trait::async_trait]
+impl SourceProvider for FileProvider {
+    fn names(&self) -> &'static [&'static str] {
+        &["text", "json", "csv", "parquet"]
+    }
+    fn replayable(&self) -> bool {
+        true
+    }
+    async fn create(&self, spec: &SourceSpec, _: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+        Ok(Box::new(file::FileSource::try_new(spec).map_err(|e| e.at(spec.location.clone()))?))
+    }
+}
+
+struct PluginProvider;
+#[async_trait::async_trait]
+impl SourceProvider for PluginProvider {
+    fn names(&self) -> &'static [&'static str] {
+        &["plugin"]
+    }
+    fn replayable(&self) -> bool {
+        true
+    }
+    async fn create(&self, spec: &SourceSpec, cx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+        let p = spec.plugin.as_ref().ok_or_else(|| Error::MissingOption {
+            component: "plugin source".into(),
+            key: "plugin".into(),
+            hint: Some("the path of a component of the source-plugin world".into()),
+            location: spec.location.clone(),
+        })?;
         if spec.path.is_some() || spec.schema.is_some() {
             return Err(Error::Config {
-                location: loc.clone(),
-                message: format!("the {what} source takes no `path` or `schema`"),
+                location: spec.location.clone(),
+                message: "a plugin source takes no `path` or `schema`: its config says what to read and it declares its schema".into(),
             });
         }
-        Ok(())
-    };
-    match spec.format.as_str() {
-        "socket" => {
-            no_path("socket")?;
-            Ok(Box::new(socket::SocketSource::try_new(&spec.options)?))
-        }
-        "rate" => {
-            no_path("rate")?;
-            Ok(Box::new(rate::RateSource::try_new(&spec.options)?))
-        }
-        "kafka" => {
-            no_path("kafka")?;
-            Ok(Box::new(kafka::KafkaSource::try_new(&spec.options).map_err(|e| e.at(loc.clone()))?))
-        }
-        "text" | "json" | "csv" | "parquet" => {
-            Ok(Box::new(file::FileSource::try_new(spec).map_err(|e| e.at(loc.clone()))?))
-        }
-        other => Err(Error::Config {
-            location: loc,
-            message: format!("unknown source format `{other}`; valid formats: {}", SOURCE_FORMATS.join(", ")),
-        }),
+        let component = cx.runtime.load(p, Role::Source).await?;
+        crate::plugin::requirements::check(&p.name, "[source]", &component.requirements().await?, &p.grants)?;
+        Ok(Box::new(plugin::PluginSource::try_new(component, &spec.options, cx.query_id, cx.parallelism).await?))
     }
+}
+
+/// The source registry: adding a source means adding one provider here.
+const SOURCES: &[&dyn SourceProvider] = &[&SocketProvider, &RateProvider, &KafkaProvider, &FileProvider, &PluginProvider];
+
+/// Every source format this build knows.
+pub(crate) fn formats() -> Vec<&'static str> {
+    SOURCES.iter().flat_map(|p| p.names().iter().copied()).collect()
+}
+
+/// The provider of `format`, or an error naming the valid formats.
+pub(crate) fn provider(spec: &SourceSpec) -> Result<&'static dyn SourceProvider> {
+    SOURCES.iter().copied().find(|p| p.names().contains(&spec.format.as_str())).ok_or_else(|| Error::Config {
+        location: spec.location.clone(),
+        message: format!("unknown source format `{}`; valid formats: {}", spec.format, formats().join(", ")),
+    })
+}
+
+/// Builds the source a spec names, checking its options.
+pub(crate) async fn build(spec: &SourceSpec, cx: &SourceContext<'_>) -> Result<Box<dyn Source>> {
+    provider(spec)?.create(spec, cx).await
 }

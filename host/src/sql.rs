@@ -41,7 +41,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Ident, ObjectName, ObjectNamePart, visit_expressions_mut};
 
 use crate::error::{Error, Result};
-use crate::sink::OutputMode;
+use crate::spec::OutputMode;
 use crate::state::StateStore;
 
 mod functions;
@@ -332,10 +332,12 @@ impl SqlStep {
     }
 }
 
+/// Runs a plan and returns its output in partition order, so the same input always gives the
+/// same rows in the same order (a coalesced stream interleaves partitions as they finish).
 async fn execute(ctx: &SessionContext, plan: &LogicalPlan) -> datafusion::error::Result<Vec<RecordBatch>> {
     let df = ctx.execute_logical_plan(plan.clone()).await?;
-    let out = df.collect().await?;
-    Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
+    let out = df.collect_partitioned().await?;
+    Ok(out.into_iter().flatten().filter(|b| b.num_rows() > 0).collect())
 }
 
 /// State metrics of one stateful operator (Spark's `stateOperators[]`).

@@ -10,6 +10,7 @@ mod checkpoints;
 mod config_errors;
 mod kafka;
 mod recovery;
+mod roles;
 mod sandbox;
 mod sources;
 mod wordcount;

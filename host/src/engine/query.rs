@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
-use super::progress::{StreamingQueryProgress, StreamingQueryStatus};
+use crate::progress::{StreamingQueryProgress, StreamingQueryStatus};
 use crate::error::{Error, Result};
 
 /// How many progress reports a query keeps (Spark's `numRecentProgressUpdates`).
@@ -97,7 +97,7 @@ impl std::fmt::Debug for StreamingQuery {
 
 impl StreamingQuery {
     pub(crate) fn start(query: super::Query) -> Self {
-        let shared = Arc::new(Shared::new(query.name.clone(), query.id));
+        let shared = Arc::new(Shared::new(query.name.clone(), Some(query.id)));
         let cancel = CancellationToken::new();
         let (s, c) = (shared.clone(), cancel.clone());
         let task = tokio::spawn(async move {

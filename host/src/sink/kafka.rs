@@ -176,7 +176,7 @@ impl KafkaSink {
             producer: (!exactly_once).then(|| Arc::new(probe)),
             txn: None,
             timeout,
-            pause: crate::engine::test_pause(),
+            pause: crate::faults::Pauses::from_env().duration(),
         })
     }
 

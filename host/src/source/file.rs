@@ -21,7 +21,7 @@ use arrow_array::{ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use super::{Offset, Partitioned, ReadLimit, Source};
-use crate::config::SourceSpec;
+use crate::spec::SourceSpec;
 use crate::error::{Error, ErrorKind, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,28 +14,21 @@ struct Filter {
     remainder: i64,
 }
 
-fn parse(config: &Config, key: &str, default: i64) -> Result<i64, Error> {
-    config
-        .get_or(key, &default.to_string())
-        .parse()
-        .map_err(|e| Error::InvalidConfig(format!("`{key}` must be an integer: {e}")))
-}
-
 impl Transform for Filter {
-    fn init(config: Config) -> Result<Self, Error> {
+    fn create(config: Config) -> Result<Self, Error> {
         config.check_keys(&["column", "modulo", "remainder"])?;
-        let modulo = parse(&config, "modulo", 2)?;
+        let modulo = config.int_or("modulo", 2)?;
         if modulo == 0 {
             return Err(Error::InvalidConfig("`modulo` must not be 0".into()));
         }
         Ok(Filter {
-            column: config.get_or("column", "value").to_string(),
+            column: config.str_or("column", "value")?.to_string(),
             modulo,
-            remainder: parse(&config, "remainder", 0)?,
+            remainder: config.int_or("remainder", 0)?,
         })
     }
 
-    fn output_schema(&self, input: &Schema) -> Result<SchemaRef, Error> {
+    fn output_schema(&mut self, input: &Schema) -> Result<SchemaRef, Error> {
         let i = util::column_index(input, &self.column)?;
         if input.field(i).data_type() != &DataType::Int64 {
             return Err(Error::InvalidInput(format!("column `{}` must be BIGINT", self.column)));

@@ -10,11 +10,11 @@ use sluice_sdk::{BatchContext, Config, Error, Transform};
 struct Identity;
 
 impl Transform for Identity {
-    fn init(config: Config) -> Result<Self, Error> {
+    fn create(config: Config) -> Result<Self, Error> {
         config.check_keys(&[])?;
         Ok(Identity)
     }
-    fn output_schema(&self, input: &Schema) -> Result<SchemaRef, Error> {
+    fn output_schema(&mut self, input: &Schema) -> Result<SchemaRef, Error> {
         Ok(Arc::new(input.clone()))
     }
     fn process(&mut self, _ctx: &BatchContext, input: RecordBatch) -> Result<RecordBatch, Error> {

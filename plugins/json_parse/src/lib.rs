@@ -111,10 +111,10 @@ impl JsonParse {
 }
 
 impl Transform for JsonParse {
-    fn init(config: Config) -> Result<Self, Error> {
+    fn create(config: Config) -> Result<Self, Error> {
         config.check_keys(&["schema", "column", "mode", "corrupt_column", "keep"])?;
-        let parsed = Arc::new(Schema::new(parse_ddl(config.require("schema")?)?));
-        let mode = match config.get_or("mode", "PERMISSIVE").to_ascii_uppercase().as_str() {
+        let parsed = Arc::new(Schema::new(parse_ddl(config.require_str("schema")?)?));
+        let mode = match config.str_or("mode", "PERMISSIVE")?.to_ascii_uppercase().as_str() {
             "PERMISSIVE" => Mode::Permissive,
             "DROPMALFORMED" => Mode::DropMalformed,
             "FAILFAST" => Mode::FailFast,
@@ -124,20 +124,26 @@ impl Transform for JsonParse {
                 )));
             }
         };
-        let keep = config
-            .get("keep")
-            .map(|k| k.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
-            .unwrap_or_default();
+        // `keep`: a list of column names, or one comma-separated string.
+        let keep = match config.str_list("keep") {
+            Ok(list) => list.unwrap_or_default(),
+            Err(_) => config
+                .require_str("keep")?
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        };
         Ok(JsonParse {
-            column: config.get_or("column", "value").to_string(),
+            column: config.str_or("column", "value")?.to_string(),
             parsed,
             mode,
-            corrupt: config.get("corrupt_column").map(str::to_string),
+            corrupt: config.str("corrupt_column")?.map(str::to_string),
             keep,
         })
     }
 
-    fn output_schema(&self, input: &Schema) -> Result<SchemaRef, Error> {
+    fn output_schema(&mut self, input: &Schema) -> Result<SchemaRef, Error> {
         util::column_index(input, &self.column)?;
         let mut fields = Vec::new();
         for k in &self.keep {

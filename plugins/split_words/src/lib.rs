@@ -2,7 +2,7 @@
 //!
 //! Reads the string column `column` (default `value`) and emits one row per word in a column
 //! named `output` (default `word`). Words are separated by Unicode white space; empty tokens
-//! are dropped. With `lowercase = "true"` words are lower-cased.
+//! are dropped. With `lowercase = true` words are lower-cased.
 
 use std::sync::Arc;
 
@@ -18,24 +18,18 @@ struct SplitWords {
 }
 
 impl Transform for SplitWords {
-    fn init(config: Config) -> Result<Self, Error> {
+    fn create(config: Config) -> Result<Self, Error> {
         config.check_keys(&["column", "output", "lowercase"])?;
-        let lowercase = match config.get_or("lowercase", "false") {
-            "true" => true,
-            "false" => false,
-            other => {
-                return Err(Error::InvalidConfig(format!("`lowercase` must be \"true\" or \"false\", got {other:?}")));
-            }
-        };
-        let output = config.get_or("output", "word");
+        let lowercase = config.bool_or("lowercase", false)?;
+        let output = config.str_or("output", "word")?;
         Ok(SplitWords {
-            column: config.get_or("column", "value").to_string(),
+            column: config.str_or("column", "value")?.to_string(),
             schema: util::schema(vec![Field::new(output, DataType::Utf8, false)]),
             lowercase,
         })
     }
 
-    fn output_schema(&self, input: &Schema) -> Result<SchemaRef, Error> {
+    fn output_schema(&mut self, input: &Schema) -> Result<SchemaRef, Error> {
         let idx = util::column_index(input, &self.column)?;
         match input.field(idx).data_type() {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(self.schema.clone()),
@@ -70,3 +64,21 @@ impl Transform for SplitWords {
 }
 
 sluice_sdk::export_transform!(SplitWords);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_white_space_and_lower_cases() {
+        let mut t = SplitWords::create(Config::new([("lowercase", true)])).expect("config");
+        let input = util::schema(vec![Field::new("value", DataType::Utf8, true)]);
+        t.output_schema(&input).expect("schema");
+        let batch = RecordBatch::try_new(input, vec![Arc::new(StringArray::from(vec![Some("A b  c"), None, Some("")]))])
+            .expect("batch");
+        let out = t.process(&BatchContext::for_batch(0), batch).expect("process");
+        let words = out.column(0).as_any().downcast_ref::<StringArray>().expect("strings");
+        assert_eq!(words.iter().flatten().collect::<Vec<_>>(), vec!["a", "b", "c"]);
+        assert!(SplitWords::create(Config::new([("colum", "x")])).is_err());
+    }
+}

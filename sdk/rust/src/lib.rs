@@ -1,46 +1,68 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
-use arrow_array::{Array, RecordBatch};
-use arrow_ipc::reader::StreamDecoder;
-use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{ArrowError, Schema, SchemaRef};
 
 pub use arrow_array;
 pub use arrow_schema;
 pub use arrow_select;
 
-/// Generated WIT bindings. Plugin crates never use these directly: implement [`Transform`] and
-/// call [`export_transform!`].
+pub mod wire;
+
+#[cfg(feature = "bindings")]
 #[doc(hidden)]
-#[allow(missing_docs, unreachable_pub, reason = "generated code")]
-pub mod bindings {
-    wit_bindgen::generate!({
-        world: "transform",
-        path: "../../wit",
-        pub_export_macro: true,
-        export_macro_name: "__export_transform_world",
-        default_bindings_module: "sluice_sdk::bindings",
-    });
-}
+pub mod bindings;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "bindings")]
+pub mod sink;
+#[cfg(feature = "bindings")]
+pub mod source;
+#[cfg(feature = "bindings")]
+pub mod transform;
 
-use bindings::sluice::plugin::log as wit_log;
-use bindings::sluice::plugin::types as wit;
+#[cfg(feature = "bindings")]
+pub use sink::{BatchSink, ForeachSink, PartitionWriter};
+#[cfg(feature = "bindings")]
+pub use source::{PartitionReader, ReadLimit, Source};
+#[cfg(feature = "bindings")]
+pub use transform::Transform;
 
-/// Where the batch being processed sits in the stream.
+/// Where a call sits in the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchContext {
+    /// The query's id, stable across restarts from the same checkpoint.
+    pub query_id: String,
     /// Micro-batch id (Spark's `batchId`); a replayed batch keeps its id and its input.
     pub batch_id: u64,
-    /// The input partition of this call.
+    /// 0 for the first attempt at this batch in this process; retries count up.
+    pub attempt: u32,
+    /// The logical partition of the rows in this call: the same on every machine.
     pub partition: u32,
+    /// How many logical partitions the batch has at this step.
+    pub num_partitions: u32,
     /// The event-time watermark in effect, in ms since the Unix epoch, if the query has one.
     pub watermark_ms: Option<i64>,
-    /// The batch's logical timestamp in ms since the Unix epoch, stable on replay.
+    /// The batch's logical timestamp in ms since the Unix epoch, stable on replay. Unless the
+    /// real clock is granted, it is also what the wall clock (`SystemTime::now`) reads.
     pub batch_timestamp_ms: i64,
+}
+
+impl BatchContext {
+    /// A context for batch `batch_id` (for a plugin's own tests).
+    pub fn for_batch(batch_id: u64) -> Self {
+        BatchContext {
+            query_id: "test".into(),
+            batch_id,
+            attempt: 0,
+            partition: 0,
+            num_partitions: 1,
+            watermark_ms: None,
+            batch_timestamp_ms: 0,
+        }
+    }
 }
 
 /// A plugin failure, reported to the host as a typed error that names the plugin.
@@ -50,6 +72,9 @@ pub enum Error {
     InvalidConfig(String),
     /// The input lacks what the plugin needs (a column, a type).
     InvalidInput(String),
+    /// A transient failure (a service unavailable); the host may retry on a fresh instance if
+    /// the pipeline's `on_error` policy says so.
+    Retryable(String),
     /// Anything else.
     Failed(String),
 }
@@ -59,6 +84,7 @@ impl std::fmt::Display for Error {
         match self {
             Error::InvalidConfig(m) => write!(f, "invalid config: {m}"),
             Error::InvalidInput(m) => write!(f, "invalid input: {m}"),
+            Error::Retryable(m) => write!(f, "retryable: {m}"),
             Error::Failed(m) => write!(f, "{m}"),
         }
     }
@@ -72,45 +98,168 @@ impl From<ArrowError> for Error {
     }
 }
 
-impl From<Error> for wit::PluginError {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::InvalidConfig(m) => wit::PluginError::InvalidConfig(m),
-            Error::InvalidInput(m) => wit::PluginError::InvalidInput(m),
-            Error::Failed(m) => wit::PluginError::Failed(m),
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Failed(e.to_string())
+    }
+}
+
+/// A configuration value, typed as written in the pipeline file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A string.
+    Str(String),
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A list of scalars.
+    List(Vec<Value>),
+    /// A nested table (or a list of lists/tables) as JSON text.
+    Json(String),
+}
+
+impl Value {
+    fn kind(&self) -> &'static str {
+        match self {
+            Value::Str(_) => "a string",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a float",
+            Value::List(_) => "a list",
+            Value::Json(_) => "a table",
         }
     }
 }
 
-/// The plugin's configuration: the `config` table of the pipeline file.
-#[derive(Debug, Clone, Default)]
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Str(s.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Str(s)
+    }
+}
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
+}
+impl From<i64> for Value {
+    fn from(i: i64) -> Self {
+        Value::Int(i)
+    }
+}
+impl From<i32> for Value {
+    fn from(i: i32) -> Self {
+        Value::Int(i64::from(i))
+    }
+}
+impl From<f64> for Value {
+    fn from(f: f64) -> Self {
+        Value::Float(f)
+    }
+}
+
+/// The plugin's configuration: the `config` table of the pipeline file, typed.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
-    entries: Vec<(String, String)>,
+    entries: Vec<(String, Value)>,
+}
+
+fn wrong_type(key: &str, want: &str, got: &Value) -> Error {
+    Error::InvalidConfig(format!("`{key}` must be {want}, got {} ({got:?})", got.kind()))
 }
 
 impl Config {
     /// A config from key/value pairs (useful in a plugin's own unit tests).
-    pub fn new<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn new<K: Into<String>, V: Into<Value>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
         Config { entries: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
     }
 
     /// The value of `key`, if set.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
-    /// The value of `key`, or `default` when it is not set.
-    pub fn get_or<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
-        self.get(key).unwrap_or(default)
+    /// A string value; an error if `key` holds something else.
+    pub fn str(&self, key: &str) -> Result<Option<&str>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Str(s)) => Ok(Some(s)),
+            Some(other) => Err(wrong_type(key, "a string", other)),
+        }
     }
 
-    /// The value of `key`, or an [`Error::InvalidConfig`] saying it is required.
-    pub fn require(&self, key: &str) -> Result<&str, Error> {
-        self.get(key).ok_or_else(|| Error::InvalidConfig(format!("missing required key `{key}`")))
+    /// A string value, or `default`.
+    pub fn str_or<'a>(&'a self, key: &str, default: &'a str) -> Result<&'a str, Error> {
+        Ok(self.str(key)?.unwrap_or(default))
+    }
+
+    /// A required string value.
+    pub fn require_str(&self, key: &str) -> Result<&str, Error> {
+        self.str(key)?.ok_or_else(|| Error::InvalidConfig(format!("missing required key `{key}`")))
+    }
+
+    /// An integer value (a string holding an integer is accepted too).
+    pub fn int(&self, key: &str) -> Result<Option<i64>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Int(i)) => Ok(Some(*i)),
+            Some(Value::Str(s)) => s.trim().parse().map(Some).map_err(|_| wrong_type(key, "an integer", &Value::Str(s.clone()))),
+            Some(other) => Err(wrong_type(key, "an integer", other)),
+        }
+    }
+
+    /// An integer value, or `default`.
+    pub fn int_or(&self, key: &str, default: i64) -> Result<i64, Error> {
+        Ok(self.int(key)?.unwrap_or(default))
+    }
+
+    /// A float value (integers and numeric strings are accepted too).
+    pub fn float(&self, key: &str) -> Result<Option<f64>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Float(f)) => Ok(Some(*f)),
+            Some(Value::Int(i)) => Ok(Some(*i as f64)),
+            Some(Value::Str(s)) => s.trim().parse().map(Some).map_err(|_| wrong_type(key, "a number", &Value::Str(s.clone()))),
+            Some(other) => Err(wrong_type(key, "a number", other)),
+        }
+    }
+
+    /// A boolean value (`"true"`/`"false"` strings are accepted too).
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, Error> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(Value::Str(s)) if s.eq_ignore_ascii_case("true") => Ok(true),
+            Some(Value::Str(s)) if s.eq_ignore_ascii_case("false") => Ok(false),
+            Some(other) => Err(wrong_type(key, "a boolean", other)),
+        }
+    }
+
+    /// A list of strings.
+    pub fn str_list(&self, key: &str) -> Result<Option<Vec<String>>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::List(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::Str(s) => Ok(s.clone()),
+                    other => Err(wrong_type(key, "a list of strings", other)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(other) => Err(wrong_type(key, "a list of strings", other)),
+        }
     }
 
     /// Fails with an [`Error::InvalidConfig`] naming the first key not in `allowed`, and the
-    /// valid choices. Call it first in `init`, so a typo never passes silently.
+    /// valid choices. Call it first in `create`, so a typo never passes silently.
     pub fn check_keys(&self, allowed: &[&str]) -> Result<(), Error> {
         match self.entries.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
             None => Ok(()),
@@ -119,131 +268,64 @@ impl Config {
     }
 
     /// All entries, in the order given.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v))
     }
 }
 
-/// A stateless batch-to-batch transform (map, flat-map, filter, enrich, parse).
-///
-/// One instance serves one input partition; the host calls [`Transform::init`] once, then
-/// [`Transform::output_schema`] at planning time, then [`Transform::process`] per batch.
-pub trait Transform: Sized + 'static {
-    /// Builds the instance from its configuration. Validate everything here.
-    fn init(config: Config) -> Result<Self, Error>;
-    /// The schema of the output for a given input schema. Checked by the host on every batch.
-    fn output_schema(&self, input: &Schema) -> Result<SchemaRef, Error>;
-    /// Transforms one batch. The output must have the schema [`Transform::output_schema`] gave.
-    fn process(&mut self, ctx: &BatchContext, input: RecordBatch) -> Result<RecordBatch, Error>;
+/// Something a plugin needs from the host, declared from its config (see each role trait's
+/// `requirements`). The pipeline must grant all of it; anything not granted is denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    /// A directory at `guest` (a path inside the sandbox), read-only or read-write.
+    Dir {
+        /// The path the plugin opens, e.g. `/out`.
+        guest: String,
+        /// Whether it writes there.
+        writable: bool,
+    },
+    /// Outbound HTTP to `host:port`.
+    Http(String),
+    /// A socket to `address:port`.
+    Socket(String),
+    /// An environment variable.
+    Env(String),
+    /// The real wall clock (otherwise the plugin reads the batch timestamp).
+    WallClock,
 }
 
 /// Log levels for [`log`].
-pub use wit_log::Level;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Very detailed.
+    Trace,
+    /// Debugging.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected.
+    Warn,
+    /// A failure.
+    Error,
+}
 
-/// Sends a log line to the host; it appears in the host's logs tagged with the plugin name and
-/// the batch id.
+/// Sends a log line to the host; it appears in the host's logs tagged with the plugin and the
+/// batch. Off Wasm (a plugin's own `cargo test`), it prints to stderr.
 pub fn log(level: Level, message: &str) {
-    wit_log::log(level, message);
-}
-
-/// Decodes an Arrow IPC stream into its schema and batches. The arrays point into `bytes`
-/// (no copy) where the data is aligned.
-pub fn decode_ipc(bytes: Vec<u8>) -> Result<(SchemaRef, Vec<RecordBatch>), Error> {
-    let mut buf = arrow_buffer::Buffer::from_vec(bytes);
-    let mut decoder = StreamDecoder::new();
-    let mut batches = Vec::new();
-    while !buf.is_empty() {
-        match decoder.decode(&mut buf)? {
-            Some(b) => batches.push(b),
-            None if buf.is_empty() => break,
-            None => {}
-        }
-    }
-    decoder.finish()?;
-    let schema = decoder.schema().ok_or_else(|| Error::InvalidInput("the IPC stream has no schema message".into()))?;
-    Ok((schema, batches))
-}
-
-/// Encodes a schema and batches as one Arrow IPC stream.
-pub fn encode_ipc(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<u8>, Error> {
-    // The bytes the batches' rows occupy (not the buffers they may be slices of: batches
-    // decoded without copying all point into one big buffer).
-    let size: usize =
-        batches.iter().flat_map(|b| b.columns()).map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
-    let mut writer = StreamWriter::try_new(Vec::with_capacity(size + 1024), schema)?;
-    for b in batches {
-        writer.write(b)?;
-    }
-    Ok(writer.into_inner()?)
-}
-
-thread_local! {
-    static INSTANCE: RefCell<Option<Box<dyn std::any::Any>>> = const { RefCell::new(None) };
-}
-
-fn with_instance<T: Transform, R>(f: impl FnOnce(&mut T) -> Result<R, Error>) -> Result<R, Error> {
-    INSTANCE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let instance = slot
-            .as_mut()
-            .and_then(|b| b.downcast_mut::<T>())
-            .ok_or_else(|| Error::Failed("plugin called before init".into()))?;
-        f(instance)
-    })
-}
-
-/// The adapter from a [`Transform`] to the WIT world; used by [`export_transform!`].
-#[doc(hidden)]
-pub struct TransformExport<T>(std::marker::PhantomData<T>);
-
-impl<T: Transform> bindings::Guest for TransformExport<T> {
-    fn init(config: wit::Config) -> Result<(), wit::PluginError> {
-        let instance = T::init(Config { entries: config })?;
-        INSTANCE.with(|cell| *cell.borrow_mut() = Some(Box::new(instance)));
-        Ok(())
-    }
-
-    fn output_schema(input_schema: Vec<u8>) -> Result<Vec<u8>, wit::PluginError> {
-        let (schema, _) = decode_ipc(input_schema)?;
-        let out = with_instance::<T, _>(|t| t.output_schema(&schema))?;
-        Ok(encode_ipc(&out, &[])?)
-    }
-
-    fn process(ctx: wit::BatchContext, input: Vec<u8>) -> Result<Vec<u8>, wit::PluginError> {
-        let ctx = BatchContext {
-            batch_id: ctx.batch_id,
-            partition: ctx.partition,
-            watermark_ms: ctx.watermark_ms,
-            batch_timestamp_ms: ctx.batch_timestamp_ms,
+    #[cfg(all(target_arch = "wasm32", feature = "bindings"))]
+    {
+        use bindings::transform_plugin::sluice::plugin::log as l;
+        let level = match level {
+            Level::Trace => l::Level::Trace,
+            Level::Debug => l::Level::Debug,
+            Level::Info => l::Level::Info,
+            Level::Warn => l::Level::Warn,
+            Level::Error => l::Level::Error,
         };
-        let (schema, batches) = decode_ipc(input)?;
-        let out = with_instance::<T, _>(|t| {
-            let mut out = Vec::with_capacity(batches.len());
-            for b in batches {
-                out.push(t.process(&ctx, b)?);
-            }
-            match out.first() {
-                Some(first) => Ok((first.schema(), out)),
-                None => Ok((t.output_schema(&schema)?, out)),
-            }
-        })?;
-        Ok(encode_ipc(&out.0, &out.1)?)
+        l::log(level, message);
     }
-}
-
-/// Exports a [`Transform`] implementation as the plugin's `transform` world.
-///
-/// ```ignore
-/// struct Upper;
-/// impl sluice_sdk::Transform for Upper { /* ... */ }
-/// sluice_sdk::export_transform!(Upper);
-/// ```
-#[macro_export]
-macro_rules! export_transform {
-    ($t:ty) => {
-        type __SluiceTransformExport = $crate::TransformExport<$t>;
-        $crate::bindings::__export_transform_world!(__SluiceTransformExport with_types_in $crate::bindings);
-    };
+    #[cfg(not(all(target_arch = "wasm32", feature = "bindings")))]
+    eprintln!("[{level:?}] {message}");
 }
 
 /// Helpers for building output columns.
@@ -262,5 +344,23 @@ pub mod util {
     /// A schema made of `fields`, shared.
     pub fn schema(fields: Vec<arrow_schema::Field>) -> SchemaRef {
         Arc::new(Schema::new(fields))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_config_reads_and_refuses_wrong_types() {
+        let c = Config::new([("n", Value::Int(3)), ("s", Value::from("x")), ("b", Value::Bool(true))]);
+        assert_eq!(c.int_or("n", 0), Ok(3));
+        assert_eq!(c.str_or("s", "y"), Ok("x"));
+        assert_eq!(c.bool_or("b", false), Ok(true));
+        assert_eq!(c.int_or("missing", 7), Ok(7));
+        assert!(c.int("s").is_err());
+        assert!(c.str("n").is_err());
+        assert!(c.check_keys(&["n", "s"]).is_err());
+        assert!(c.check_keys(&["n", "s", "b"]).is_ok());
     }
 }

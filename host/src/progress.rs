@@ -105,25 +105,62 @@ pub struct SinkProgress {
     pub num_output_rows: i64,
 }
 
-/// Time and memory of one plugin step in one batch.
+/// Time, memory and CPU of one plugin (in any role) in one batch.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct PluginProgress {
     /// Plugin name.
     pub name: String,
-    /// Wall time of the step in ms (instances run in parallel).
+    /// `transform`, `source`, `foreach_batch` or `foreach`.
+    pub role: String,
+    /// Wall time of the plugin's part of the batch in ms (instances run in parallel).
     pub time_ms: u64,
     /// Time inside the plugin summed over instances, ms.
     pub busy_ms: u64,
-    /// `process` calls made.
+    /// Calls into the plugin.
     pub calls: u64,
-    /// Rows in and out.
+    /// Rows handed to the plugin.
     pub input_rows: u64,
-    /// Rows produced.
+    /// Rows it produced.
     pub output_rows: u64,
-    /// Peak linear memory over the step's instances.
+    /// Peak memory over the plugin's instances (all memories and tables), bytes.
     pub memory_peak_bytes: u64,
+    /// Fuel burnt (about one unit per Wasm instruction), when fuel metering is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Calls retried on a fresh instance under the plugin's `on_error` policy.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retries: u64,
+    /// Rows sent to the dead-letter sink under the plugin's `on_error` policy.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dead_lettered_rows: u64,
+    /// The plugin's content hash (blake3), as logged in `offsets/N`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl PluginProgress {
+    pub(crate) fn new(name: &str, role: &str) -> Self {
+        PluginProgress {
+            name: name.to_string(),
+            role: role.to_string(),
+            time_ms: 0,
+            busy_ms: 0,
+            calls: 0,
+            input_rows: 0,
+            output_rows: 0,
+            memory_peak_bytes: 0,
+            fuel: None,
+            retries: 0,
+            dead_lettered_rows: 0,
+            version: String::new(),
+        }
+    }
 }
 
 /// Spark's `StreamingQueryStatus`.

@@ -1,0 +1,191 @@
+//! Building a query from its spec: the source and sink from the connector registries, plugins
+//! loaded and checked against their grants, SQL planned, output mode checked against the
+//! query's shape (Spark's `UnsupportedOperationChecker`).
+
+use std::collections::BTreeMap;
+
+use super::step::{Policy, PluginStep, Step, dead_letter_schema};
+use super::{Query, parallelism};
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::plugin::{PluginRuntime, Role};
+use crate::sink::{Delivery, MemoryTables, SinkContext};
+use crate::source::SourceContext;
+use crate::spec::{OnError, OutputMode, PipelineSpec, PluginSpec, TransformSpec};
+use crate::sql::SqlStep;
+
+/// The query id a checkpoint holds, if it has one.
+async fn checkpoint_id(checkpoint: &Option<Checkpoint>) -> Result<Option<uuid::Uuid>> {
+    let Some(c) = checkpoint else { return Ok(None) };
+    let Some(m) = c.metadata().await? else { return Ok(None) };
+    uuid::Uuid::parse_str(&m.id)
+        .map(Some)
+        .map_err(|e| Error::CorruptCheckpoint { path: c.name("metadata"), reason: format!("bad query id: {e}") })
+}
+
+/// The `on_error` policy of a plugin step; a dead-letter sink is built here.
+async fn policy(
+    p: &PluginSpec,
+    input: &arrow_schema::SchemaRef,
+    checkpoint: bool,
+    cx: &SinkContext<'_>,
+) -> Result<Policy> {
+    Ok(match &p.on_error {
+        OnError::Fail => Policy::Fail,
+        OnError::Retry { attempts } => Policy::Retry(*attempts),
+        OnError::DeadLetter(spec) => {
+            let provider = crate::sink::provider(spec)?;
+            if provider.needs_checkpoint(spec) && !checkpoint {
+                return Err(Error::MissingOption {
+                    component: format!("dead-letter {} sink of plugin `{}`", spec.format, p.name),
+                    key: "checkpoint_location".into(),
+                    hint: Some("a file sink is exactly-once through the query's checkpoint".into()),
+                    location: spec.location.clone(),
+                });
+            }
+            let schema = dead_letter_schema(input);
+            let sink = crate::sink::build(spec, cx).await?;
+            sink.check_schema(&schema)?;
+            Policy::DeadLetter { sink, schema }
+        }
+    })
+}
+
+impl Query {
+    /// Builds every part of `spec`, loading plugins and planning SQL, and checks the output mode
+    /// against the query's shape.
+    pub(crate) async fn build(spec: &PipelineSpec, runtime: &PluginRuntime, tables: &MemoryTables) -> Result<Query> {
+        let checkpoint = spec.checkpoint_location.as_deref().map(Checkpoint::open).transpose()?;
+        let id = checkpoint_id(&checkpoint).await?.unwrap_or_else(uuid::Uuid::new_v4);
+        let query_id = id.to_string();
+        let parallelism = parallelism();
+        let sink_provider = crate::sink::provider(&spec.sink)?;
+        if checkpoint.is_none() && sink_provider.needs_checkpoint(&spec.sink) {
+            return Err(Error::MissingOption {
+                component: format!("{} sink", spec.sink.format),
+                key: "checkpoint_location".into(),
+                hint: Some(format!(
+                    "the {} sink is exactly-once: it needs a checkpoint for its offsets",
+                    spec.sink.format
+                )),
+                location: spec.sink.location.clone(),
+            });
+        }
+        let source = crate::source::build(&spec.source, &SourceContext { runtime, query_id: &query_id, parallelism })
+            .await?;
+        if checkpoint.is_some() && !source.replayable() && !source.accepts_at_most_once() {
+            return Err(Error::Config {
+                location: spec.source.location.clone(),
+                message: format!(
+                    "{} cannot replay data, so a checkpoint cannot make it exactly-once; set source option atMostOnce = \"true\" to accept losing uncommitted data on a crash, or drop checkpoint_location",
+                    source.description()
+                ),
+            });
+        }
+        let sink_cx =
+            SinkContext { runtime, tables, query_id: &query_id, query_name: spec.name.as_deref(), parallelism };
+        let mode = spec.sink.output_mode;
+        let mut schema = source.schema();
+        let mut steps = Vec::new();
+        let mut stateful: Option<usize> = None;
+        for (i, t) in spec.transforms.iter().enumerate() {
+            match t {
+                TransformSpec::Plugin(p) => {
+                    let component = runtime.load(p, Role::Transform).await?;
+                    crate::plugin::requirements::check(
+                        &p.name,
+                        &format!("[[transform]] {i}"),
+                        &component.requirements().await?,
+                        &p.grants,
+                    )?;
+                    let policy = policy(p, &schema, checkpoint.is_some(), &sink_cx).await?;
+                    let step = PluginStep::try_new(component, &query_id, schema.clone(), parallelism, policy).await?;
+                    schema = step.output_schema();
+                    steps.push(Step::Plugin(step));
+                }
+                TransformSpec::Sql { query } => {
+                    let step = SqlStep::try_new(i, query, schema.clone(), mode).await?;
+                    if step.is_stateful() {
+                        if let Some(first) = stateful {
+                            return Err(Error::Unsupported {
+                                step: i,
+                                message: format!(
+                                    "step {first} already aggregates; chaining aggregations needs append mode with watermarks, which this build does not have yet"
+                                ),
+                            });
+                        }
+                        stateful = Some(i);
+                    }
+                    schema = step.output_schema();
+                    steps.push(Step::Sql(step));
+                }
+            }
+        }
+        check_output_mode(stateful, mode)?;
+        let sink = crate::sink::build(&spec.sink, &sink_cx).await?;
+        sink.check_schema(&schema)?;
+        let mut conf = BTreeMap::new();
+        conf.insert("sluice.sources".to_string(), "1".to_string());
+        conf.insert("sluice.source.0.format".to_string(), spec.source.format.clone());
+        for (i, step) in steps.iter().enumerate() {
+            if let Step::Sql(s) = step {
+                if let Some(fp) = s.state_fingerprint() {
+                    conf.insert(format!("sluice.state.{i}"), fp);
+                }
+            }
+        }
+        let guarantee = guarantee(
+            crate::source::provider(&spec.source)?.replayable() && source.replayable(),
+            checkpoint.is_some(),
+            sink_provider.delivery(&spec.sink),
+            &spec.sink.format,
+        );
+        Ok(Query {
+            name: spec.name.clone(),
+            trigger: spec.trigger,
+            mode,
+            source,
+            steps,
+            sink,
+            output_schema: schema,
+            checkpoint,
+            id,
+            conf,
+            guarantee,
+        })
+    }
+}
+
+/// Spark's output-mode matrix for the shapes this build supports.
+fn check_output_mode(stateful: Option<usize>, mode: OutputMode) -> Result<()> {
+    match (stateful, mode) {
+        (None, OutputMode::Complete) => Err(Error::OutputMode {
+            mode: mode.to_string(),
+            reason: "when there are no streaming aggregations (complete mode re-emits a whole result table, which only an aggregation has)".into(),
+            allowed: vec!["append".into(), "update".into()],
+        }),
+        (Some(i), OutputMode::Append) => Err(Error::OutputMode {
+            mode: mode.to_string(),
+            reason: format!(
+                "for the streaming aggregation in step {i} without a watermark (its rows can change with every batch)"
+            ),
+            allowed: vec!["update".into(), "complete".into()],
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The end-to-end delivery guarantee of a query, as `sluice validate` states it.
+fn guarantee(replayable: bool, checkpoint: bool, sink: Delivery, format: &str) -> String {
+    match (replayable, checkpoint, sink) {
+        (false, _, _) => "at-most-once: the source cannot replay what a crash loses".into(),
+        (true, false, _) => "at-least-once within this run; no checkpoint, so a restart begins anew".into(),
+        (true, true, Delivery::ExactlyOnce) => {
+            format!("exactly-once (a replayable source, a checkpoint and the exactly-once {format} sink)")
+        }
+        (true, true, Delivery::AtLeastOnce) if format.starts_with("foreach") => format!(
+            "at-least-once; exactly-once if the {format} sink writes idempotently by batch id (and partition)"
+        ),
+        (true, true, Delivery::AtLeastOnce) => format!("at-least-once (the {format} sink may repeat a batch after a crash)"),
+    }
+}

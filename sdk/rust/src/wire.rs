@@ -1,0 +1,284 @@
+//! Batches on the wire between host and guest: the reference codec of the boundary, used by
+//! this SDK and by the Sluice host alike.
+//!
+//! - `sluice:plugin@0.1.0`: one whole Arrow IPC *stream* per call (schema message, record
+//!   batches, end-of-stream marker): [`encode_stream`] / [`decode_stream`].
+//! - `sluice:plugin@0.2.0`: the schema crosses once, as one encapsulated IPC schema message
+//!   ([`encode_schema`] / [`decode_schema`]); each batch is then the encapsulated IPC messages
+//!   of zero or more record batches, each preceded by the dictionary batches it needs, with no
+//!   schema and no end-of-stream marker ([`encode_batch`] / [`decode_batch`]). A schema
+//!   followed by a batch is a valid IPC stream.
+//!
+//! Decoding never trusts its input: every message is length-checked, the flatbuffers are
+//! verified, buffers are bounds-checked and arrays validated by arrow-ipc, compressed buffers
+//! are refused; array data points into the received bytes (no copy) where it is aligned.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_buffer::Buffer;
+use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
+use arrow_schema::{ArrowError, Schema, SchemaRef};
+
+const CONTINUATION: [u8; 4] = [0xff; 4];
+
+fn ipc_err(message: impl Into<String>) -> ArrowError {
+    ArrowError::IpcError(message.into())
+}
+
+/// The bytes the rows of `batches` occupy (not the buffers they may be slices of).
+fn payload_size(batches: &[RecordBatch]) -> usize {
+    batches.iter().flat_map(|b| b.columns()).map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum()
+}
+
+/// Encodes batches as one Arrow IPC stream (0.1.0).
+pub fn encode_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(Vec::with_capacity(payload_size(batches) + 1024), schema)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.into_inner()
+}
+
+/// Runs a decoder, turning a panic into an error: arrow-ipc validates most of what it reads,
+/// but some damaged inputs (a validity bitmap shorter than its array) trip an assertion inside
+/// it instead. The host never trusts plugin output, so it must not crash on it either. (On
+/// Wasm, where panics abort, this changes nothing.)
+fn guarded<T>(f: impl FnOnce() -> Result<T, ArrowError>) -> Result<T, ArrowError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(ipc_err(format!("malformed Arrow IPC ({why})")))
+    })
+}
+
+/// Decodes one Arrow IPC stream (0.1.0), validating it.
+pub fn decode_stream(bytes: Vec<u8>) -> Result<(SchemaRef, Vec<RecordBatch>), ArrowError> {
+    guarded(|| decode_stream_unguarded(bytes))
+}
+
+fn decode_stream_unguarded(bytes: Vec<u8>) -> Result<(SchemaRef, Vec<RecordBatch>), ArrowError> {
+    let mut buf = Buffer::from_vec(bytes);
+    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+    let mut batches = Vec::new();
+    while !buf.is_empty() {
+        match decoder.decode(&mut buf)? {
+            Some(b) => batches.push(b),
+            None if buf.is_empty() => break,
+            None => {}
+        }
+    }
+    decoder.finish()?;
+    let schema = decoder.schema().ok_or_else(|| ipc_err("the stream has no schema message"))?;
+    Ok((schema, batches))
+}
+
+fn write_encapsulated(out: &mut Vec<u8>, message: &[u8], body: &[u8]) {
+    // Continuation marker, metadata length (the flatbuffer padded so the body starts on an
+    // 8-byte boundary), flatbuffer, padding, body.
+    let padded = (message.len() + 8).div_ceil(8) * 8 - 8;
+    out.extend_from_slice(&CONTINUATION);
+    out.extend_from_slice(&(padded as i32).to_le_bytes());
+    out.extend_from_slice(message);
+    out.resize(out.len() + padded - message.len(), 0);
+    out.extend_from_slice(body);
+}
+
+/// Encodes a schema as one encapsulated IPC schema message (0.2.0).
+pub fn encode_schema(schema: &Schema) -> Vec<u8> {
+    let mut tracker = DictionaryTracker::new(false);
+    let encoded = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
+        schema,
+        &mut tracker,
+        &IpcWriteOptions::default(),
+    );
+    let mut out = Vec::with_capacity(encoded.ipc_message.len() + 16);
+    write_encapsulated(&mut out, &encoded.ipc_message, &[]);
+    out
+}
+
+/// Encodes `batches` (each a record batch message, with its dictionaries before it) against a
+/// schema the reader already has (0.2.0).
+pub fn encode_batch(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
+    let mut out = Vec::with_capacity(payload_size(batches) + 512 * batches.len().max(1));
+    let options = IpcWriteOptions::default();
+    let generator = IpcDataGenerator::default();
+    for b in batches {
+        // A fresh tracker per batch: every batch carries its own dictionaries, so it can be
+        // decoded on its own. Dictionary ids are assigned while encoding the schema, so a
+        // schema with dictionaries is walked (not sent) first.
+        let mut tracker = DictionaryTracker::new(false);
+        if b.schema().fields().iter().any(|f| has_dictionary(f.data_type())) {
+            let _ = generator.schema_to_bytes_with_dictionary_tracker(&b.schema(), &mut tracker, &options);
+        }
+        let (dicts, batch) = generator.encode(b, &mut tracker, &options, &mut Default::default())?;
+        for d in dicts {
+            write_encapsulated(&mut out, &d.ipc_message, &d.arrow_data);
+        }
+        write_encapsulated(&mut out, &batch.ipc_message, &batch.arrow_data);
+    }
+    Ok(out)
+}
+
+fn has_dictionary(t: &arrow_schema::DataType) -> bool {
+    use arrow_schema::DataType as D;
+    match t {
+        D::Dictionary(_, _) => true,
+        D::List(f) | D::LargeList(f) | D::FixedSizeList(f, _) | D::ListView(f) | D::LargeListView(f) | D::Map(f, _) => {
+            has_dictionary(f.data_type())
+        }
+        D::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
+        D::Union(fields, _) => fields.iter().any(|(_, f)| has_dictionary(f.data_type())),
+        D::RunEndEncoded(_, v) => has_dictionary(v.data_type()),
+        _ => false,
+    }
+}
+
+/// Splits `buf` into its encapsulated messages: (flatbuffer, body) pairs, both zero-copy.
+fn messages(buf: &Buffer) -> Result<Vec<(Buffer, Buffer)>, ArrowError> {
+    let bytes = buf.as_slice();
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        let (len_at, skip) = if rest.len() >= 4 && rest[..4] == CONTINUATION { (4, 8) } else { (0, 4) };
+        if rest.len() < len_at + 4 {
+            return Err(ipc_err(format!("truncated message header at byte {pos}")));
+        }
+        let mut len_bytes = [0u8; 4];
+        len_bytes.copy_from_slice(&rest[len_at..len_at + 4]);
+        let meta_len = i32::from_le_bytes(len_bytes);
+        if meta_len == 0 {
+            break; // end-of-stream marker
+        }
+        let meta_len =
+            usize::try_from(meta_len).map_err(|_| ipc_err(format!("negative message length at byte {pos}")))?;
+        let meta_start = pos + skip;
+        let meta_end = meta_start.checked_add(meta_len).filter(|e| *e <= bytes.len()).ok_or_else(|| {
+            ipc_err(format!("message at byte {pos} claims {meta_len} bytes of metadata beyond the end"))
+        })?;
+        let meta = buf.slice_with_length(meta_start, meta_len);
+        let message = arrow_ipc::root_as_message(meta.as_slice())
+            .map_err(|e| ipc_err(format!("invalid message flatbuffer at byte {pos}: {e}")))?;
+        let body_len = usize::try_from(message.bodyLength())
+            .map_err(|_| ipc_err(format!("negative body length at byte {pos}")))?;
+        let body_end = meta_end.checked_add(body_len).filter(|e| *e <= bytes.len()).ok_or_else(|| {
+            ipc_err(format!("message at byte {pos} claims a {body_len}-byte body beyond the end"))
+        })?;
+        out.push((meta, buf.slice_with_length(meta_end, body_len)));
+        pos = body_end;
+    }
+    Ok(out)
+}
+
+/// Decodes an encapsulated IPC schema message (0.2.0).
+pub fn decode_schema(bytes: Vec<u8>) -> Result<SchemaRef, ArrowError> {
+    guarded(|| decode_schema_unguarded(bytes))
+}
+
+fn decode_schema_unguarded(bytes: Vec<u8>) -> Result<SchemaRef, ArrowError> {
+    let buf = Buffer::from_vec(bytes);
+    let msgs = messages(&buf)?;
+    let [(meta, _)] = msgs.as_slice() else {
+        return Err(ipc_err(format!("expected one schema message, got {} messages", msgs.len())));
+    };
+    let message = arrow_ipc::root_as_message(meta.as_slice()).map_err(|e| ipc_err(e.to_string()))?;
+    let ipc_schema = message.header_as_schema().ok_or_else(|| ipc_err("the message is not a schema"))?;
+    Ok(Arc::new(arrow_ipc::convert::fb_to_schema(ipc_schema)))
+}
+
+/// Decodes the record batches of a batch payload (0.2.0) against `schema`, validating them.
+pub fn decode_batch(schema: &SchemaRef, bytes: Vec<u8>) -> Result<Vec<RecordBatch>, ArrowError> {
+    guarded(|| decode_batch_unguarded(schema, bytes))
+}
+
+fn decode_batch_unguarded(schema: &SchemaRef, bytes: Vec<u8>) -> Result<Vec<RecordBatch>, ArrowError> {
+    let buf = Buffer::from_vec(bytes);
+    let mut dictionaries: HashMap<i64, ArrayRef> = HashMap::new();
+    let mut out = Vec::new();
+    for (meta, body) in messages(&buf)? {
+        let message = arrow_ipc::root_as_message(meta.as_slice()).map_err(|e| ipc_err(e.to_string()))?;
+        let version = message.version();
+        match message.header_type() {
+            arrow_ipc::MessageHeader::DictionaryBatch => {
+                let d = message.header_as_dictionary_batch().ok_or_else(|| ipc_err("bad dictionary batch"))?;
+                arrow_ipc::reader::read_dictionary(&body, d, schema, &mut dictionaries, &version)?;
+            }
+            arrow_ipc::MessageHeader::RecordBatch => {
+                let b = message.header_as_record_batch().ok_or_else(|| ipc_err("bad record batch"))?;
+                if b.compression().is_some() {
+                    return Err(ipc_err("compressed IPC buffers are refused at the plugin boundary"));
+                }
+                out.push(arrow_ipc::reader::read_record_batch(&body, b, schema.clone(), &dictionaries, None, &version)?);
+                dictionaries.clear();
+            }
+            arrow_ipc::MessageHeader::Schema => {
+                return Err(ipc_err("a batch payload must not carry a schema message (the schema crossed once)"));
+            }
+            other => return Err(ipc_err(format!("unexpected IPC message {other:?} in a batch payload"))),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{DictionaryArray, Int64Array, StringArray, types::Int32Type};
+    use arrow_schema::{DataType, Field};
+
+    fn sample() -> RecordBatch {
+        let dict: DictionaryArray<Int32Type> = vec!["a", "b", "a", "c"].into_iter().collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("d", DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), None, Some(3), Some(4)])),
+                Arc::new(StringArray::from(vec![Some("x"), Some("yy"), None, Some("zzz")])),
+                Arc::new(dict),
+            ],
+        )
+        .expect("batch")
+    }
+
+    #[test]
+    fn messages_round_trip_with_dictionaries_and_slices() {
+        let b = sample();
+        let schema = decode_schema(encode_schema(&b.schema())).expect("schema");
+        assert_eq!(schema.fields(), b.schema().fields());
+        let bytes = encode_batch(&[b.clone(), b.slice(1, 2)]).expect("encode");
+        let back = decode_batch(&schema, bytes).expect("decode");
+        assert_eq!(back, vec![b.clone(), b.slice(1, 2)]);
+        assert!(decode_batch(&schema, Vec::new()).expect("empty").is_empty());
+        // A schema followed by a batch is a valid IPC stream.
+        let mut stream = encode_schema(&b.schema());
+        stream.extend(encode_batch(std::slice::from_ref(&b)).expect("encode"));
+        let (_, batches) = decode_stream(stream).expect("a stream");
+        assert_eq!(batches, vec![b]);
+    }
+
+    #[test]
+    fn damaged_payloads_are_errors_not_panics() {
+        let b = sample();
+        let schema = b.schema();
+        let bytes = encode_batch(&[b]).expect("encode");
+        for cut in 0..bytes.len() {
+            let _ = decode_batch(&schema, bytes[..cut].to_vec());
+        }
+        for i in 0..bytes.len() {
+            let mut m = bytes.clone();
+            m[i] ^= 0x5a;
+            let _ = decode_batch(&schema, m);
+        }
+        assert!(decode_batch(&schema, vec![0xff, 0xff, 0xff, 0xff, 0x40, 0, 0, 0]).is_err());
+        assert!(decode_schema(vec![1, 2, 3]).is_err());
+    }
+}
