@@ -36,17 +36,19 @@ use crate::progress::{
 };
 use crate::sink::{BatchMeta, Sink};
 use crate::source::{Offset, Partitioned, ReadLimit, Source};
-use crate::spec::OutputMode;
+use crate::spec::{OutputMode, StepRef};
 use crate::trigger::Trigger;
 
 mod build;
 pub(crate) mod query;
 mod recover;
+mod reload;
 mod step;
 
 use query::Shared;
 pub use query::StreamingQuery;
 use recover::{Resume, recover};
+use reload::{Prepared, ReloadContext, Swap};
 use step::Step;
 
 /// A query, built and validated, ready to run.
@@ -65,6 +67,9 @@ pub(crate) struct Query {
     conf: BTreeMap<String, String>,
     /// The end-to-end delivery guarantee, in words.
     pub(crate) guarantee: String,
+    /// Hot reload: what preparing a new plugin version needs, and where swaps arrive.
+    reload: Arc<ReloadContext>,
+    reload_rx: tokio::sync::mpsc::Receiver<Swap>,
 }
 
 pub(crate) fn parallelism() -> usize {
@@ -75,6 +80,10 @@ impl Query {
     /// The schema of what reaches the sink.
     pub(crate) fn output_schema(&self) -> SchemaRef {
         self.output_schema.clone()
+    }
+
+    fn reload_context(&self) -> Arc<ReloadContext> {
+        self.reload.clone()
     }
 }
 
@@ -103,6 +112,11 @@ struct Runner {
     last_trigger: Option<Instant>,
     pauses: Pauses,
     limit: ReadLimit,
+    /// Plugin versions already copied into the checkpoint.
+    saved: std::collections::HashSet<String>,
+    /// Versions displaced for a re-run batch (which runs with the versions it logged), to put
+    /// back once it is committed.
+    restore_after: Vec<(StepRef, Prepared)>,
 }
 
 /// One batch in flight.
@@ -111,6 +125,8 @@ struct Batch {
     timestamp_ms: i64,
     end: Offset,
     rerun: bool,
+    /// The plugin versions a re-run batch logged.
+    logged_plugins: BTreeMap<String, String>,
     durations: BTreeMap<String, u64>,
 }
 
@@ -157,10 +173,16 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
         last_trigger: None,
         pauses: Pauses::from_env(),
         limit,
+        saved: std::collections::HashSet::new(),
+        restore_after: Vec::new(),
     };
     loop {
         if cancel.is_cancelled() {
             return Ok(());
+        }
+        // A batch boundary: swap in plugin versions that are ready.
+        while let Ok(swap) = r.q.reload_rx.try_recv() {
+            r.apply(swap).await?;
         }
         let Some(batch) = r.next_batch().await? else {
             r.shared.note_idle();
@@ -176,6 +198,7 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(r.q.trigger.idle_poll()) => {}
+                Some(swap) = r.q.reload_rx.recv() => r.apply(swap).await?,
             }
             continue;
         };
@@ -217,12 +240,77 @@ impl Runner {
         };
         let mut durations = BTreeMap::new();
         durations.insert("latestOffset".to_string(), started.elapsed().as_millis() as u64);
-        Ok(latest.map(|end| Batch { started, timestamp_ms, end, rerun: rerun.is_some(), durations }))
+        let logged_plugins = rerun.as_ref().map(|e| e.plugins.clone()).unwrap_or_default();
+        Ok(latest.map(|end| Batch { started, timestamp_ms, end, rerun: rerun.is_some(), logged_plugins, durations }))
+    }
+
+    /// Swaps a prepared plugin version in (at a batch boundary).
+    async fn apply(&mut self, swap: Swap) -> Result<()> {
+        let Swap { at, prepared, version, reply } = swap;
+        let old = self.q.reload.version(at).unwrap_or_default();
+        self.swap_in(at, prepared).await?;
+        self.q.reload.set_version(at, &version);
+        self.shared.event(format!("{at} now runs plugin version {version} (was {old}) from batch {}", self.batch_id));
+        let _ = reply.send(());
+        Ok(())
+    }
+
+    /// Puts `prepared` at `at`, returning what ran there.
+    async fn swap_in(&mut self, at: StepRef, prepared: Prepared) -> Result<Prepared> {
+        Ok(match (at, prepared) {
+            (StepRef::Transform(i), Prepared::Transform(mut step)) => {
+                step.start(&self.query_id, None).await?;
+                match std::mem::replace(&mut self.q.steps[i], Step::Plugin(step)) {
+                    Step::Plugin(old) => Prepared::Transform(old),
+                    Step::Sql(_) => return Err(Error::Internal(format!("step {i} is SQL, not a plugin"))),
+                }
+            }
+            (StepRef::Sink, Prepared::Sink(mut sink)) => {
+                sink.start(&self.query_id, None).await?;
+                Prepared::Sink(std::mem::replace(&mut self.q.sink, sink))
+            }
+            (at, _) => return Err(Error::Internal(format!("a prepared plugin does not fit {at}"))),
+        })
+    }
+
+    /// A re-run batch runs with the plugin versions its offsets name: any that differ from
+    /// what runs now are loaded from the checkpoint's copies, and put back after the batch.
+    async fn use_logged_versions(&mut self, logged: &BTreeMap<String, String>) -> Result<()> {
+        let Some(ckpt) = self.ckpt.clone() else { return Ok(()) };
+        for (key, version) in logged {
+            let Ok(at) = key.parse::<StepRef>() else { continue };
+            let current = match at {
+                StepRef::Transform(i) => match self.q.steps.get(i) {
+                    Some(Step::Plugin(p)) => p.component.clone(),
+                    _ => continue,
+                },
+                StepRef::Sink => match self.q.sink.plugin() {
+                    Some(c) => c.clone(),
+                    None => continue,
+                },
+                StepRef::Source => continue,
+            };
+            if current.version == *version {
+                continue;
+            }
+            let prepared = self.q.reload.prepare_logged(&ckpt, at, &current.spec, version).await?;
+            let displaced = self.swap_in(at, prepared).await?;
+            self.shared.event(format!(
+                "batch {} re-runs with {at} at the version its offsets name, {version}; version {} takes over after it",
+                self.batch_id, current.version
+            ));
+            self.restore_after.push((at, displaced));
+        }
+        Ok(())
     }
 
     /// Steps 3 to 6 and progress; returns when the batch started, for the trigger.
     async fn run_batch(&mut self, mut b: Batch) -> Result<Instant> {
         self.shared.set_status("Processing new data", true, true);
+        if b.rerun {
+            let logged = std::mem::take(&mut b.logged_plugins);
+            self.use_logged_versions(&logged).await?;
+        }
         let t = Instant::now();
         if !b.rerun {
             self.log_offsets(&b).await?;
@@ -248,16 +336,25 @@ impl Runner {
         self.committed = Some(b.end);
         self.last_trigger = Some(b.started);
         self.batch_id += 1;
+        for (at, prepared) in std::mem::take(&mut self.restore_after) {
+            self.swap_in(at, prepared).await?;
+        }
         Ok(b.started)
     }
 
-    /// The plugin versions the batch runs with, for `offsets/N`.
-    fn plugin_versions(&self) -> BTreeMap<String, String> {
-        let mut v = BTreeMap::new();
+    /// The plugins the batch runs with, by step.
+    fn plugins(&self) -> Vec<(StepRef, &crate::plugin::PluginComponent)> {
+        let mut v = Vec::new();
+        if let Some(c) = self.q.source.plugin() {
+            v.push((StepRef::Source, c));
+        }
         for (i, step) in self.q.steps.iter().enumerate() {
             if let Step::Plugin(p) = step {
-                v.insert(format!("transform.{i}"), p.component.hash.clone());
+                v.push((StepRef::Transform(i), &p.component));
             }
+        }
+        if let Some(c) = self.q.sink.plugin() {
+            v.push((StepRef::Sink, c));
         }
         v
     }
@@ -268,11 +365,21 @@ impl Runner {
         if let Some(entry) = self.q.source.log_entry(self.committed.as_ref(), &b.end) {
             c.write_source_log(0, self.batch_id, &entry).await?;
         }
+        let mut plugins = BTreeMap::new();
+        let mut saved = Vec::new();
+        for (at, component) in self.plugins() {
+            if !self.saved.contains(&component.version) {
+                reload::save_version(c, component).await?;
+                saved.push(component.version.clone());
+            }
+            plugins.insert(at.to_string(), component.version.clone());
+        }
+        self.saved.extend(saved);
         let entry = OffsetEntry {
             batch_watermark_ms: 0,
             batch_timestamp_ms: b.timestamp_ms,
             conf: self.q.conf.clone(),
-            plugins: self.plugin_versions(),
+            plugins,
             sources: vec![Some(b.end.0.clone())],
         };
         c.write_offsets(self.batch_id, &entry).await
@@ -377,6 +484,7 @@ impl Runner {
             sources: vec![source],
             sink: SinkProgress { description: self.q.sink.description(), num_output_rows: e.output_rows as i64 },
             plugins: e.plugins,
+            events: self.shared.take_events(),
         };
         tracing::debug!(batch_id = self.batch_id, rows = e.input_rows, ms = total, "batch committed");
         self.shared.push_progress(p);

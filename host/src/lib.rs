@@ -53,6 +53,7 @@ mod spec;
 mod sql;
 mod state;
 mod trigger;
+pub mod watch;
 
 pub use arrow_array::RecordBatch;
 pub use config::parse_config_arg;
@@ -72,6 +73,6 @@ pub use sink::MemoryTables;
 pub use source::Offset;
 pub use spec::{
     ClockGrant, ConfigValue, DirGrant, Grants, NativeSink, OnError, OutputMode, PipelineSpec, PluginConfig,
-    PluginLimits, PluginSpec, SinkSpec, SourceSpec, TransformSpec,
+    PluginLimits, PluginSpec, SinkSpec, SourceSpec, StepRef, TransformSpec,
 };
 pub use trigger::Trigger;

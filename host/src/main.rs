@@ -21,6 +21,9 @@ enum Command {
         /// Print each batch's progress JSON to stderr.
         #[arg(long)]
         progress: bool,
+        /// Hot-reload plugins when their files, or their settings in the pipeline file, change.
+        #[arg(long)]
+        watch: bool,
     },
     /// Check a pipeline file without running it: options, plugins, SQL and output mode.
     Validate {
@@ -54,6 +57,9 @@ enum Command {
         /// Records for the Kafka benchmark.
         #[arg(long, default_value_t = 1_000_000)]
         records: usize,
+        /// Run only these sections: wordcount, boundary, roles (repeatable; default: all).
+        #[arg(long)]
+        only: Vec<String>,
     },
 }
 
@@ -167,10 +173,17 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> sluice::Result<()> {
     match command {
-        Command::Run { file, progress } => {
+        Command::Run { file, progress, watch } => {
             let spec = sluice::PipelineSpec::from_file(&file)?;
             let session = sluice::Session::try_new()?;
             let query = session.start(&spec).await?;
+            let _watcher = watch.then(|| {
+                tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sluice::watch::watch(
+                    query.clone(),
+                    file.clone(),
+                    spec.clone(),
+                )))
+            });
             let mut seen = 0u64;
             loop {
                 tokio::select! {
@@ -260,6 +273,6 @@ async fn run(command: Command) -> sluice::Result<()> {
         Command::Bench { kafka: Some(bootstrap), records, plugins, dir, .. } => {
             sluice::kafka::bench::run(&bootstrap, records, &plugins, &dir).await
         }
-        Command::Bench { lines, plugins, dir, .. } => sluice::bench::run(lines, &plugins, &dir).await,
+        Command::Bench { lines, plugins, dir, only, .. } => sluice::bench::run(lines, &plugins, &dir, &only).await,
     }
 }

@@ -45,6 +45,11 @@ impl Options {
         self.location = location;
     }
 
+    /// Every option as (lower-case key, value), in key order: for comparing two option sets.
+    pub(crate) fn pairs(&self) -> Vec<(&str, &str)> {
+        self.entries.iter().map(|(k, e)| (k.as_str(), e.value.as_str())).collect()
+    }
+
     /// Errors naming the first option that is not in `valid` (compared case-insensitively).
     pub(crate) fn check(&self, component: &str, valid: &[&str]) -> Result<()> {
         for (lower, e) in &self.entries {

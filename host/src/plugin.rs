@@ -261,7 +261,11 @@ impl PluginRuntime {
         let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
             load_err(name, path, format!("imports something this host does not provide: {e:#}"))
         })?;
-        Ok(PluginComponent { runtime: self.clone(), spec: spec.clone(), role, contract, pre, hash, bytes })
+        let mut h = blake3::Hasher::new();
+        h.update(hash.as_bytes());
+        h.update(spec.config_json().as_bytes());
+        let version = h.finalize().to_hex()[..16].to_string();
+        Ok(PluginComponent { runtime: self.clone(), spec: spec.clone(), role, contract, pre, hash, version, bytes })
     }
 }
 
@@ -297,6 +301,8 @@ pub(crate) struct PluginComponent {
     pre: InstancePre<HostState>,
     /// blake3 of the component's bytes.
     pub(crate) hash: String,
+    /// The plugin's version: a hash of the component and its config, as `offsets/N` logs it.
+    pub(crate) version: String,
     pub(crate) bytes: Arc<Vec<u8>>,
 }
 

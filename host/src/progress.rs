@@ -42,8 +42,12 @@ pub struct StreamingQueryProgress {
     pub sources: Vec<SourceProgress>,
     /// The sink.
     pub sink: SinkProgress,
-    /// Per plugin step (a Sluice extension).
+    /// Per plugin (a Sluice extension).
     pub plugins: Vec<PluginProgress>,
+    /// What happened to the query since the previous report (plugin reloads and their
+    /// failures, changes that need a restart): a Sluice extension.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
 }
 
 /// Spark's `StateOperatorProgress`.
@@ -135,7 +139,7 @@ pub struct PluginProgress {
     /// Rows sent to the dead-letter sink under the plugin's `on_error` policy.
     #[serde(skip_serializing_if = "is_zero")]
     pub dead_lettered_rows: u64,
-    /// The plugin's content hash (blake3), as logged in `offsets/N`.
+    /// The plugin's version (a hash of its component and config), as logged in `offsets/N`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub version: String,
 }

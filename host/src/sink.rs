@@ -93,6 +93,10 @@ pub(crate) trait Sink: Send {
     fn plugin_progress(&mut self) -> Vec<PluginProgress> {
         Vec::new()
     }
+    /// The plugin behind the sink, if it is one (for its version in `offsets/N`).
+    fn plugin(&self) -> Option<&crate::plugin::PluginComponent> {
+        None
+    }
 }
 
 /// What a sink provider needs to build a sink.

@@ -116,6 +116,10 @@ pub(crate) trait Source: Send {
     fn plugin_progress(&mut self) -> Vec<PluginProgress> {
         Vec::new()
     }
+    /// The plugin behind the source, if it is one (for its version in `offsets/N`).
+    fn plugin(&self) -> Option<&crate::plugin::PluginComponent> {
+        None
+    }
     /// Restores the source after a restart from its persisted log entries (in batch order) and
     /// the last end offset logged.
     async fn restore(&mut self, _log: Vec<(u64, serde_json::Value)>, _last: Option<&Offset>) -> Result<()> {

@@ -234,7 +234,8 @@ impl ConfigValue {
         }
     }
 
-    fn to_json(&self) -> serde_json::Value {
+    /// The value as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
         match self {
             ConfigValue::Str(s) => serde_json::Value::from(s.clone()),
             ConfigValue::Bool(b) => serde_json::Value::from(*b),
@@ -393,6 +394,94 @@ pub enum OnError {
     },
     /// Send the rows of the failing call to this sink with the error, and go on.
     DeadLetter(Box<SinkSpec>),
+}
+
+impl ConfigValue {
+    /// A JSON value as a config value (the inverse of [`ConfigValue::to_json`] for what
+    /// `to_json` produces).
+    pub fn from_json(v: &serde_json::Value) -> ConfigValue {
+        match v {
+            serde_json::Value::String(s) => ConfigValue::Str(s.clone()),
+            serde_json::Value::Bool(b) => ConfigValue::Bool(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => ConfigValue::Int(i),
+                None => ConfigValue::Float(n.as_f64().unwrap_or(0.0)),
+            },
+            serde_json::Value::Array(items) if items.iter().all(|i| !i.is_array() && !i.is_object()) => {
+                ConfigValue::List(items.iter().map(ConfigValue::from_json).collect())
+            }
+            other => ConfigValue::Json(other.to_string()),
+        }
+    }
+}
+
+/// A plugin step of a pipeline: what hot reload and the server's API name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StepRef {
+    /// The source (`format = "plugin"`).
+    Source,
+    /// Transform step `i` (0-based, counting SQL steps too).
+    Transform(usize),
+    /// The sink (`foreach_batch` / `foreach`).
+    Sink,
+}
+
+impl std::fmt::Display for StepRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepRef::Source => f.write_str("source"),
+            StepRef::Transform(i) => write!(f, "transform.{i}"),
+            StepRef::Sink => f.write_str("sink"),
+        }
+    }
+}
+
+impl FromStr for StepRef {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "source" => Ok(StepRef::Source),
+            "sink" => Ok(StepRef::Sink),
+            t => t
+                .strip_prefix("transform.")
+                .unwrap_or(t)
+                .parse()
+                .map(StepRef::Transform)
+                .map_err(|_| format!("unknown step `{s}`; use source, sink, or a transform's index")),
+        }
+    }
+}
+
+impl PluginSpec {
+    /// Whether two specs describe the same plugin step (location ignored).
+    pub fn same_as(&self, other: &PluginSpec) -> bool {
+        self.path == other.path
+            && self.name == other.name
+            && self.config == other.config
+            && self.grants == other.grants
+            && self.limits == other.limits
+            && self.on_error.same_as(&other.on_error)
+    }
+
+    /// The config as canonical JSON text (for version hashes and checkpoint copies).
+    pub(crate) fn config_json(&self) -> String {
+        let v: Vec<serde_json::Value> =
+            self.config.iter().map(|(k, v)| serde_json::json!([k, v.to_json()])).collect();
+        serde_json::Value::Array(v).to_string()
+    }
+}
+
+impl OnError {
+    fn same_as(&self, other: &OnError) -> bool {
+        match (self, other) {
+            (OnError::Fail, OnError::Fail) => true,
+            (OnError::Retry { attempts: a }, OnError::Retry { attempts: b }) => a == b,
+            (OnError::DeadLetter(a), OnError::DeadLetter(b)) => {
+                a.format == b.format && a.path == b.path && a.options.pairs() == b.options.pairs()
+            }
+            _ => false,
+        }
+    }
 }
 
 /// What part of the result table reaches the sink after each batch.

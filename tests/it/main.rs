@@ -8,8 +8,11 @@ use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
 
 mod checkpoints;
 mod config_errors;
+mod devkit;
+mod hostile;
 mod kafka;
 mod recovery;
+mod reload;
 mod roles;
 mod sandbox;
 mod sources;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::*;
 
-fn sluice_bin() -> PathBuf {
+pub(crate) fn sluice_bin() -> PathBuf {
     // tests run from <target>/release/deps/it-*; the binary is <target>/release/sluice.
     let exe = std::env::current_exe().expect("current exe");
     let bin = exe.parent().and_then(Path::parent).map(|d| d.join("sluice")).expect("target dir");
@@ -23,7 +23,7 @@ fn sluice_bin() -> PathBuf {
 }
 
 /// The committed output of a file sink, batch by batch: for each batch id, its rows (lines).
-fn committed_output(out: &Path) -> Vec<(u64, Vec<String>)> {
+pub(crate) fn committed_output(out: &Path) -> Vec<(u64, Vec<String>)> {
     let log = out.join("_spark_metadata");
     let mut batches: Vec<u64> =
         std::fs::read_dir(&log).expect("sink log").filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
@@ -131,7 +131,7 @@ fn check_crashes_change_nothing(
     a
 }
 
-fn last_counts(batches: &[(u64, Vec<String>)]) -> HashMap<String, i64> {
+pub(crate) fn last_counts(batches: &[(u64, Vec<String>)]) -> HashMap<String, i64> {
     let mut m = HashMap::new();
     for (_, rows) in batches {
         for r in rows {

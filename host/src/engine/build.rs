@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::reload::{ReloadContext, StepInfo};
 use super::step::{Policy, PluginStep, Step, dead_letter_schema};
 use super::{Query, parallelism};
 use crate::checkpoint::Checkpoint;
@@ -11,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::plugin::{PluginRuntime, Role};
 use crate::sink::{Delivery, MemoryTables, SinkContext};
 use crate::source::SourceContext;
-use crate::spec::{OnError, OutputMode, PipelineSpec, PluginSpec, TransformSpec};
+use crate::spec::{OnError, OutputMode, PipelineSpec, PluginSpec, StepRef, TransformSpec};
 use crate::sql::SqlStep;
 
 /// The query id a checkpoint holds, if it has one.
@@ -24,7 +25,7 @@ async fn checkpoint_id(checkpoint: &Option<Checkpoint>) -> Result<Option<uuid::U
 }
 
 /// The `on_error` policy of a plugin step; a dead-letter sink is built here.
-async fn policy(
+pub(super) async fn policy(
     p: &PluginSpec,
     input: &arrow_schema::SchemaRef,
     checkpoint: bool,
@@ -134,6 +135,34 @@ impl Query {
                 }
             }
         }
+        let mut infos = BTreeMap::new();
+        let mut input = source.schema();
+        for (i, step) in steps.iter().enumerate() {
+            let output = match step {
+                Step::Plugin(p) => {
+                    let info = StepInfo {
+                        input: input.clone(),
+                        output: p.output_schema(),
+                        role: Role::Transform,
+                        version: p.component.version.clone(),
+                    };
+                    infos.insert(StepRef::Transform(i), info);
+                    p.output_schema()
+                }
+                Step::Sql(s) => s.output_schema(),
+            };
+            input = output;
+        }
+        if let Some(c) = sink.plugin() {
+            let info = StepInfo { input: schema.clone(), output: schema.clone(), role: c.role, version: c.version.clone() };
+            infos.insert(StepRef::Sink, info);
+        }
+        if let Some(c) = source.plugin() {
+            let info = StepInfo { input: source.schema(), output: source.schema(), role: c.role, version: c.version.clone() };
+            infos.insert(StepRef::Source, info);
+        }
+        let (reload, reload_rx) =
+            ReloadContext::new(runtime.clone(), tables.clone(), query_id.clone(), parallelism, checkpoint.is_some(), infos);
         let guarantee = guarantee(
             crate::source::provider(&spec.source)?.replayable() && source.replayable(),
             checkpoint.is_some(),
@@ -152,6 +181,8 @@ impl Query {
             id,
             conf,
             guarantee,
+            reload,
+            reload_rx,
         })
     }
 }

@@ -27,6 +27,10 @@ pub(crate) struct Shared {
     idle: watch::Sender<u64>,
     /// Becomes true when the loop has ended.
     terminated: watch::Sender<bool>,
+    /// What the next progress report tells (reloads, their failures).
+    events: Mutex<Vec<String>>,
+    /// Preparing and swapping in new plugin versions.
+    pub(super) reload: Mutex<Option<Arc<super::reload::ReloadContext>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -48,6 +52,8 @@ impl Shared {
             exception: Mutex::new(None),
             idle: watch::channel(0).0,
             terminated: watch::channel(false).0,
+            events: Mutex::new(Vec::new()),
+            reload: Mutex::new(None),
         }
     }
 
@@ -64,6 +70,16 @@ impl Shared {
         while q.len() > RECENT_PROGRESS {
             q.pop_front();
         }
+    }
+
+    /// Records an event for the next progress report, and logs it.
+    pub(crate) fn event(&self, text: String) {
+        tracing::info!(query = ?self.name, "{text}");
+        lock(&self.events).push(text);
+    }
+
+    pub(crate) fn take_events(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.events))
     }
 
     pub(crate) fn note_idle(&self) {
@@ -98,6 +114,7 @@ impl std::fmt::Debug for StreamingQuery {
 impl StreamingQuery {
     pub(crate) fn start(query: super::Query) -> Self {
         let shared = Arc::new(Shared::new(query.name.clone(), Some(query.id)));
+        *lock(&shared.reload) = Some(query.reload_context());
         let cancel = CancellationToken::new();
         let (s, c) = (shared.clone(), cancel.clone());
         let task = tokio::spawn(async move {
@@ -170,6 +187,41 @@ impl StreamingQuery {
             Ok(r) => r.map(|_| true),
             Err(_) => Ok(false),
         }
+    }
+
+    /// Replaces the plugin at `step` with `plugin` (hot reload), keeping offsets and state: the
+    /// new version is loaded, checked and created here, then swapped in at the next batch
+    /// boundary; returns its version once it runs. If it cannot be prepared (it fails to load or
+    /// create, its grants do not cover it, it would change the step's output schema), the old
+    /// version keeps running and the error says why.
+    pub async fn replace_plugin(&self, step: crate::spec::StepRef, plugin: crate::spec::PluginSpec) -> Result<String> {
+        let ctx = lock(&self.shared.reload).clone().ok_or_else(|| Error::Internal("no reload context".into()))?;
+        let old = ctx.version(step).unwrap_or_default();
+        let (prepared, version) = match ctx.prepare(step, &plugin).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.shared.event(format!("reload of {step} (`{}`) failed; version {old} keeps running: {e}", plugin.name));
+                return Err(e);
+            }
+        };
+        if version == old {
+            return Ok(version);
+        }
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let swap = super::reload::Swap { at: step, prepared, version: version.clone(), reply };
+        ctx.tx.send(swap).await.map_err(|_| Error::config("the query has stopped"))?;
+        done.await.map_err(|_| Error::config("the query stopped before the new version ran"))?;
+        Ok(version)
+    }
+
+    /// Records an event for the query's next progress report (and logs it).
+    pub(crate) fn note_event(&self, text: String) {
+        self.shared.event(text);
+    }
+
+    /// The version (a hash of the component and its config) of the plugin at `step`, if any.
+    pub fn plugin_version(&self, step: crate::spec::StepRef) -> Option<String> {
+        lock(&self.shared.reload).as_ref().and_then(|c| c.version(step))
     }
 
     /// Waits until every row available at the time of the call is processed and committed

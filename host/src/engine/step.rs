@@ -149,7 +149,7 @@ impl PluginStep {
         let mut out: Partitioned = Vec::new();
         let mut dead = Vec::new();
         let mut progress = PluginProgress::new(self.name(), "transform");
-        progress.version = self.component.hash.clone();
+        progress.version = self.component.version.clone();
         progress.input_rows = input_rows;
         let mut first_err = None;
         while let Some(joined) = set.join_next().await {

@@ -72,7 +72,7 @@ pub(crate) struct BatchSinkPlugin {
 impl BatchSinkPlugin {
     pub(crate) fn new(component: PluginComponent, query_id: &str) -> Self {
         let mut progress = PluginProgress::new(&component.spec.name, "foreach_batch");
-        progress.version = component.hash.clone();
+        progress.version = component.version.clone();
         BatchSinkPlugin { component, query_id: Arc::from(query_id), writer: None, progress }
     }
 }
@@ -119,6 +119,10 @@ impl Sink for BatchSinkPlugin {
         let fresh = PluginProgress { version: self.progress.version.clone(), ..PluginProgress::new(&self.progress.name, "foreach_batch") };
         vec![std::mem::replace(&mut self.progress, fresh)]
     }
+
+    fn plugin(&self) -> Option<&PluginComponent> {
+        Some(&self.component)
+    }
 }
 
 pub(crate) struct ForeachSinkPlugin {
@@ -132,7 +136,7 @@ impl ForeachSinkPlugin {
     pub(crate) fn new(component: PluginComponent, query_id: &str, parallelism: usize) -> Self {
         let n = component.spec.limits.instances.unwrap_or(parallelism).max(1);
         let mut progress = PluginProgress::new(&component.spec.name, "foreach");
-        progress.version = component.hash.clone();
+        progress.version = component.version.clone();
         ForeachSinkPlugin {
             component,
             query_id: Arc::from(query_id),
@@ -231,5 +235,9 @@ impl Sink for ForeachSinkPlugin {
     fn plugin_progress(&mut self) -> Vec<PluginProgress> {
         let fresh = PluginProgress { version: self.progress.version.clone(), ..PluginProgress::new(&self.progress.name, "foreach") };
         vec![std::mem::replace(&mut self.progress, fresh)]
+    }
+
+    fn plugin(&self) -> Option<&PluginComponent> {
+        Some(&self.component)
     }
 }

@@ -236,6 +236,10 @@ impl Source for PluginSource {
         Ok(())
     }
 
+    fn plugin(&self) -> Option<&PluginComponent> {
+        Some(&self.component)
+    }
+
     fn plugin_progress(&mut self) -> Vec<PluginProgress> {
         let planner = self.planner.stats();
         let memory = self
@@ -253,7 +257,7 @@ impl Source for PluginSource {
         p.calls = reads.calls;
         p.output_rows = reads.rows;
         p.memory_peak_bytes = memory;
-        p.version = self.component.hash.clone();
+        p.version = self.component.version.clone();
         vec![p]
     }
 }

@@ -78,4 +78,6 @@ impl transform::GuestTransformer for Instance {
     }
 }
 
+// Exported on Wasm only: a native cdylib cannot carry the component's export names.
+#[cfg(target_arch = "wasm32")]
 export!(EvilRaw);

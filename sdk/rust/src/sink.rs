@@ -207,7 +207,9 @@ pub use foreach::Export as ForeachExport;
 #[macro_export]
 macro_rules! export_batch_sink {
     ($s:ty) => {
+        #[cfg(target_arch = "wasm32")]
         type __SluiceBatchSinkExport = $crate::sink::BatchExport<$s>;
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::batch_sink_plugin::__export_batch_sink_plugin!(
             __SluiceBatchSinkExport with_types_in $crate::bindings::batch_sink_plugin
         );
@@ -218,7 +220,9 @@ macro_rules! export_batch_sink {
 #[macro_export]
 macro_rules! export_foreach_sink {
     ($s:ty) => {
+        #[cfg(target_arch = "wasm32")]
         type __SluiceForeachSinkExport = $crate::sink::ForeachExport<$s>;
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::foreach_sink_plugin::__export_foreach_sink_plugin!(
             __SluiceForeachSinkExport with_types_in $crate::bindings::foreach_sink_plugin
         );

@@ -184,7 +184,9 @@ impl<R: PartitionReader> wit_source::GuestPartitionReader for Reader<R> {
 #[macro_export]
 macro_rules! export_source {
     ($s:ty) => {
+        #[cfg(target_arch = "wasm32")]
         type __SluiceSourceExport = $crate::source::Export<$s>;
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::source_plugin::__export_source_plugin!(
             __SluiceSourceExport with_types_in $crate::bindings::source_plugin
         );

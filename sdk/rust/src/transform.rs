@@ -138,7 +138,8 @@ impl<T: Transform> wit_transform::GuestTransformer for Instance<T> {
     }
 }
 
-/// Exports a [`Transform`] as the component's `transform-plugin` world.
+/// Exports a [`Transform`] as the component's `transform-plugin` world (on Wasm; off Wasm it
+/// expands to nothing, so the crate links natively for `cargo test`).
 ///
 /// ```rust,ignore
 /// struct Upper;
@@ -148,7 +149,9 @@ impl<T: Transform> wit_transform::GuestTransformer for Instance<T> {
 #[macro_export]
 macro_rules! export_transform {
     ($t:ty) => {
+        #[cfg(target_arch = "wasm32")]
         type __SluiceTransformExport = $crate::transform::Export<$t>;
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::transform_plugin::__export_transform_plugin!(
             __SluiceTransformExport with_types_in $crate::bindings::transform_plugin
         );

@@ -4,10 +4,11 @@
 //! - `sluice:plugin@0.1.0`: one whole Arrow IPC *stream* per call (schema message, record
 //!   batches, end-of-stream marker): [`encode_stream`] / [`decode_stream`].
 //! - `sluice:plugin@0.2.0`: the schema crosses once, as one encapsulated IPC schema message
-//!   ([`encode_schema`] / [`decode_schema`]); each batch is then the encapsulated IPC messages
-//!   of zero or more record batches, each preceded by the dictionary batches it needs, with no
-//!   schema and no end-of-stream marker ([`encode_batch`] / [`decode_batch`]). A schema
-//!   followed by a batch is a valid IPC stream.
+//!   ([`encode_schema`] / [`decode_schema`]); each batch payload is then the encapsulated IPC
+//!   messages of zero or more record batches, with the dictionary batches they need before
+//!   them (as in a stream: a dictionary holds for the rest of the payload until replaced), with
+//!   no schema and no end-of-stream marker ([`encode_batch`] / [`decode_batch`]). A schema
+//!   followed by a payload is a valid IPC stream.
 //!
 //! Decoding never trusts its input: every message is length-checked, the flatbuffers are
 //! verified, buffers are bounds-checked and arrays validated by arrow-ipc, compressed buffers
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_buffer::Buffer;
-use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions};
+use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions, StreamEncoder};
 use arrow_schema::{ArrowError, Schema, SchemaRef};
 
 const CONTINUATION: [u8; 4] = [0xff; 4];
@@ -105,37 +106,35 @@ pub fn encode_schema(schema: &Schema) -> Vec<u8> {
 /// schema the reader already has (0.2.0).
 pub fn encode_batch(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
     let mut out = Vec::with_capacity(payload_size(batches) + 512 * batches.len().max(1));
-    let options = IpcWriteOptions::default();
-    let generator = IpcDataGenerator::default();
+    let Some(first) = batches.first() else { return Ok(out) };
+    // arrow-ipc's stream encoder writes each buffer once, straight from the arrays (no
+    // intermediate body copy); its first message is the schema, which the reader already has,
+    // so it is skipped. One encoder per payload: a dictionary goes once per payload, and the
+    // payload decodes on its own.
+    let mut encoder = StreamEncoder::try_new(&first.schema())?;
+    let mut skip: Option<usize> = None;
     for b in batches {
-        // A fresh tracker per batch: every batch carries its own dictionaries, so it can be
-        // decoded on its own. Dictionary ids are assigned while encoding the schema, so a
-        // schema with dictionaries is walked (not sent) first.
-        let mut tracker = DictionaryTracker::new(false);
-        if b.schema().fields().iter().any(|f| has_dictionary(f.data_type())) {
-            let _ = generator.schema_to_bytes_with_dictionary_tracker(&b.schema(), &mut tracker, &options);
+        for buf in encoder.encode(b)? {
+            let bytes = buf.as_slice();
+            let at = match skip {
+                None => {
+                    // The schema message: continuation, length, flatbuffer (no body).
+                    let len = bytes.get(4..8).map(|l| i32::from_le_bytes([l[0], l[1], l[2], l[3]])).unwrap_or(0);
+                    let total = 8 + usize::try_from(len).map_err(|_| ipc_err("bad schema message"))?;
+                    skip = Some(total.saturating_sub(bytes.len()));
+                    total.min(bytes.len())
+                }
+                Some(0) => 0,
+                Some(n) => {
+                    let here = n.min(bytes.len());
+                    skip = Some(n - here);
+                    here
+                }
+            };
+            out.extend_from_slice(&bytes[at..]);
         }
-        let (dicts, batch) = generator.encode(b, &mut tracker, &options, &mut Default::default())?;
-        for d in dicts {
-            write_encapsulated(&mut out, &d.ipc_message, &d.arrow_data);
-        }
-        write_encapsulated(&mut out, &batch.ipc_message, &batch.arrow_data);
     }
     Ok(out)
-}
-
-fn has_dictionary(t: &arrow_schema::DataType) -> bool {
-    use arrow_schema::DataType as D;
-    match t {
-        D::Dictionary(_, _) => true,
-        D::List(f) | D::LargeList(f) | D::FixedSizeList(f, _) | D::ListView(f) | D::LargeListView(f) | D::Map(f, _) => {
-            has_dictionary(f.data_type())
-        }
-        D::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
-        D::Union(fields, _) => fields.iter().any(|(_, f)| has_dictionary(f.data_type())),
-        D::RunEndEncoded(_, v) => has_dictionary(v.data_type()),
-        _ => false,
-    }
 }
 
 /// Splits `buf` into its encapsulated messages: (flatbuffer, body) pairs, both zero-copy.
@@ -214,7 +213,6 @@ fn decode_batch_unguarded(schema: &SchemaRef, bytes: Vec<u8>) -> Result<Vec<Reco
                     return Err(ipc_err("compressed IPC buffers are refused at the plugin boundary"));
                 }
                 out.push(arrow_ipc::reader::read_record_batch(&body, b, schema.clone(), &dictionaries, None, &version)?);
-                dictionaries.clear();
             }
             arrow_ipc::MessageHeader::Schema => {
                 return Err(ipc_err("a batch payload must not carry a schema message (the schema crossed once)"));
