@@ -317,7 +317,10 @@ async fn boundary(plugins: &Path, identity: &Path, filter: &Path) -> Result<()> 
     // evil_raw in an unknown mode hands the input bytes back untouched: the boundary without a
     // guest-side codec.
     let raw = runtime
-        .load(&PluginSpec::new(plugin_path(plugins, "evil_raw")?).config("mode", "passthrough").limits(limits), Role::Transform)
+        .load(
+            &PluginSpec::new(plugin_path(plugins, "evil_raw")?).config("mode", "passthrough").limits(limits),
+            Role::Transform,
+        )
         .await?;
     let ctx = CallContext {
         query_id: Arc::from("bench"),
@@ -329,7 +332,9 @@ async fn boundary(plugins: &Path, identity: &Path, filter: &Path) -> Result<()> 
         batch_timestamp_ms: 0,
     };
     println!("\n## Wasm boundary: one `process` call of the identity plugin, and the wire formats natively\n");
-    println!("| rows/batch | wasm call, 0.2.0 (IPC messages) | wasm call, 0.1.0 (IPC stream) | native round trip: IPC stream | IPC messages | buffers in a record | per row (0.2.0) |");
+    println!(
+        "| rows/batch | wasm call, 0.2.0 (IPC messages) | wasm call, 0.1.0 (IPC stream) | native round trip: IPC stream | IPC messages | buffers in a record | per row (0.2.0) |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for rows in [1_000usize, 8_192, 65_536, 1_000_000] {
         let b = batch(rows)?;
@@ -429,7 +434,10 @@ async fn roles(plugins: &Path, dir: &Path) -> Result<()> {
     let rate = format!("[source]\nformat = \"rate\"\noptions = {{ rowsPerSecond = {ROWS}, numPartitions = 2 }}\n");
     let identity = format!("[[transform]]\nplugin = \"{}/identity.wasm\"\n", p.display());
     let cases: Vec<(&str, String)> = vec![
-        ("`sequence` plugin → identity → noop", format!("{seq}{identity}[sink]\nformat = \"noop\"\n[trigger]\navailable_now = true\n")),
+        (
+            "`sequence` plugin → identity → noop",
+            format!("{seq}{identity}[sink]\nformat = \"noop\"\n[trigger]\navailable_now = true\n"),
+        ),
         (
             "`sequence` plugin → identity → `jsonl_dir` plugin (foreachBatch)",
             format!(

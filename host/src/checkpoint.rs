@@ -418,8 +418,13 @@ mod tests {
     async fn offsets_and_commits_round_trip() {
         let dir = std::env::temp_dir().join(format!("sluice-ckpt-{}", uuid::Uuid::new_v4()));
         let c = Checkpoint::open(&dir).unwrap();
-        let mut e =
-            OffsetEntry { batch_watermark_ms: 0, batch_timestamp_ms: 42, conf: BTreeMap::new(), plugins: BTreeMap::new(), sources: vec![] };
+        let mut e = OffsetEntry {
+            batch_watermark_ms: 0,
+            batch_timestamp_ms: 42,
+            conf: BTreeMap::new(),
+            plugins: BTreeMap::new(),
+            sources: vec![],
+        };
         e.sources.push(Some(serde_json::json!({"logOffset": 3})));
         c.write_offsets(0, &e).await.unwrap();
         c.write_offsets(0, &e).await.unwrap(); // idempotent

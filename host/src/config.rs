@@ -229,7 +229,9 @@ fn config_value(v: &toml::Value) -> ConfigValue {
         toml::Value::Float(f) => ConfigValue::Float(*f),
         toml::Value::Boolean(b) => ConfigValue::Bool(*b),
         toml::Value::Datetime(d) => ConfigValue::Str(d.to_string()),
-        toml::Value::Array(items) if items.iter().all(|i| !matches!(i, toml::Value::Array(_) | toml::Value::Table(_))) => {
+        toml::Value::Array(items)
+            if items.iter().all(|i| !matches!(i, toml::Value::Array(_) | toml::Value::Table(_))) =>
+        {
             ConfigValue::List(items.iter().map(config_value).collect())
         }
         other => ConfigValue::Json(toml_to_json(other).to_string()),
@@ -239,10 +241,9 @@ fn config_value(v: &toml::Value) -> ConfigValue {
 /// Parses a `key=value` config argument (`sluice plugin inspect|test --config`): the value is
 /// read as TOML (`3`, `true`, `[1, 2]`, `"text"`), and as a plain string when it is not TOML.
 pub fn parse_config_arg(arg: &str) -> Result<(String, ConfigValue)> {
-    let (key, value) = arg.split_once('=').ok_or_else(|| Error::Config {
-        location: None,
-        message: format!("`--config {arg}`: expected key=value"),
-    })?;
+    let (key, value) = arg
+        .split_once('=')
+        .ok_or_else(|| Error::Config { location: None, message: format!("`--config {arg}`: expected key=value") })?;
     let parsed = toml::from_str::<BTreeMap<String, toml::Value>>(&format!("v = {value}"))
         .ok()
         .and_then(|mut t| t.remove("v"))
@@ -280,7 +281,9 @@ fn check_host_port(loc: &Locator<'_>, s: &Spanned<String>, what: &str) -> Result
     let text = s.get_ref().trim();
     match text.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(text.to_string()),
-        _ => Err(loc.err(s.span().start, format!("grants.{what}: `{text}` must be `host:port`, e.g. `api.example.com:443`"))),
+        _ => Err(
+            loc.err(s.span().start, format!("grants.{what}: `{text}` must be `host:port`, e.g. `api.example.com:443`"))
+        ),
     }
 }
 
@@ -308,7 +311,9 @@ fn grants(loc: &Locator<'_>, raw: Spanned<RawGrants>) -> Result<Grants> {
             "real" => ClockGrant::Real,
             "batch" => ClockGrant::Batch,
             other => {
-                return Err(loc.err(c.span().start, format!("grants.clock: unknown clock `{other}`; valid: batch, real")));
+                return Err(
+                    loc.err(c.span().start, format!("grants.clock: unknown clock `{other}`; valid: batch, real"))
+                );
             }
         };
     }
@@ -328,9 +333,10 @@ fn on_error(loc: &Locator<'_>, raw: Spanned<toml::Value>) -> Result<OnError> {
         toml::Value::String(s) if s.eq_ignore_ascii_case("fail") => Ok(OnError::Fail),
         toml::Value::Table(t) if t.len() == 1 => {
             if let Some(n) = t.get("retry") {
-                let n = n.as_integer().filter(|n| (0..=100).contains(n)).ok_or_else(|| {
-                    loc.err(at, "on_error.retry must be a number of retries between 0 and 100")
-                })?;
+                let n = n
+                    .as_integer()
+                    .filter(|n| (0..=100).contains(n))
+                    .ok_or_else(|| loc.err(at, "on_error.retry must be a number of retries between 0 and 100"))?;
                 return Ok(OnError::Retry { attempts: n as u32 });
             }
             if let Some(toml::Value::Table(d)) = t.get("dead_letter") {
@@ -350,7 +356,9 @@ fn on_error(loc: &Locator<'_>, raw: Spanned<toml::Value>) -> Result<OnError> {
                         other => {
                             return Err(loc.err(
                                 at,
-                                format!("unknown key `{other}` in on_error.dead_letter; valid keys: format, path, options"),
+                                format!(
+                                    "unknown key `{other}` in on_error.dead_letter; valid keys: format, path, options"
+                                ),
                             ));
                         }
                     }
@@ -369,7 +377,9 @@ fn plugin(loc: &Locator<'_>, raw: RawPlugin, what: &str, at: usize) -> Result<Op
         if !raw.is_empty() {
             return Err(loc.err(
                 at,
-                format!("{what}: `name`, `config`, `grants`, `limits` and `on_error` are for plugins; set `plugin` too"),
+                format!(
+                    "{what}: `name`, `config`, `grants`, `limits` and `on_error` are for plugins; set `plugin` too"
+                ),
             ));
         }
         return Ok(None);
@@ -457,10 +467,16 @@ impl PipelineSpec {
                 (None, Some(p)) => TransformSpec::Plugin(p),
                 (Some(query), None) => TransformSpec::Sql { query },
                 (Some(_), Some(_)) => {
-                    return Err(loc.err(at, format!("{what} needs exactly one of `plugin` (a .wasm path) or `sql` (a query over `input`)")));
+                    return Err(loc.err(
+                        at,
+                        format!("{what} needs exactly one of `plugin` (a .wasm path) or `sql` (a query over `input`)"),
+                    ));
                 }
                 (None, None) => {
-                    return Err(loc.err(at, format!("{what} needs exactly one of `plugin` (a .wasm path) or `sql` (a query over `input`)")));
+                    return Err(loc.err(
+                        at,
+                        format!("{what} needs exactly one of `plugin` (a .wasm path) or `sql` (a query over `input`)"),
+                    ));
                 }
             };
             transforms.push(step);

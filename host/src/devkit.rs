@@ -194,7 +194,10 @@ fn lib_name(dir: &Path) -> Result<String> {
         .and_then(|l| l.get("name"))
         .or_else(|| manifest.get("package").and_then(|p| p.get("name")))
         .and_then(|n| n.as_str())
-        .ok_or_else(|| Error::Config { location: Some(path.display().to_string()), message: "no package name".into() })?;
+        .ok_or_else(|| Error::Config {
+            location: Some(path.display().to_string()),
+            message: "no package name".into(),
+        })?;
     Ok(name.replace('-', "_"))
 }
 
@@ -213,7 +216,8 @@ pub async fn build_plugin(dir: &Path, out: Option<&Path>, cache: &Path) -> Resul
     if !installed {
         run(command("rustup", &["target", "add", "wasm32-wasip2"]), "rustup target add wasm32-wasip2").await?;
     }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| cache.join("plugin-target"));
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| cache.join("plugin-target"));
     let mut build = command("cargo", &["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"]);
     build.arg(dir.join("Cargo.toml")).env("CARGO_TARGET_DIR", &target_dir);
     run(build, "cargo build").await?;
@@ -302,12 +306,19 @@ pub async fn test_plugin(session: &Session, t: &PluginTest) -> Result<String> {
             let mut result = inst.process(&c, &schema, &rows).await?;
             result.extend(inst.finish_batch(&c).await?);
             let n: usize = result.iter().map(|b| b.num_rows()).sum();
-            out += &format!("{} rows in, {n} rows out:\n{}\n", rows.iter().map(|b| b.num_rows()).sum::<usize>(), table(&result)?);
+            out += &format!(
+                "{} rows in, {n} rows out:\n{}\n",
+                rows.iter().map(|b| b.num_rows()).sum::<usize>(),
+                table(&result)?
+            );
         }
         Role::Source => {
             let mut stream = component.source_stream("plugin-test").await?;
             let mut offset = stream.initial_offset().await?;
-            out += &format!("schema: {:?}\ninitial offset: {offset}\n", stream.schema().fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>());
+            out += &format!(
+                "schema: {:?}\ninitial offset: {offset}\n",
+                stream.schema().fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>()
+            );
             for b in 0..t.batches {
                 let end = stream.latest_offset(&offset, PluginReadLimit::Default).await?;
                 if end == offset {
@@ -341,7 +352,10 @@ pub async fn test_plugin(session: &Session, t: &PluginTest) -> Result<String> {
                 Some(pw) => {
                     w.process(&c, pw, &rows).await?;
                     w.close(&c, pw, None).await?;
-                    out += &format!("wrote partition 0 of batch 0: {} rows\n", rows.iter().map(|b| b.num_rows()).sum::<usize>());
+                    out += &format!(
+                        "wrote partition 0 of batch 0: {} rows\n",
+                        rows.iter().map(|b| b.num_rows()).sum::<usize>()
+                    );
                 }
                 None => out += "the plugin skipped partition 0 of batch 0\n",
             }

@@ -214,13 +214,18 @@ async fn run(command: Command) -> sluice::Result<()> {
             let spec = sluice::PipelineSpec::from_file(&file)?;
             let session = sluice::Session::try_new()?;
             let v = session.check(&spec).await?;
-            let cols: Vec<String> = v.schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
+            let cols: Vec<String> =
+                v.schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
             println!("{}: OK; output columns: {}; delivery: {}", file.display(), cols.join(", "), v.guarantee);
             Ok(())
         }
         Command::Plugin { command: PluginCommand::New { name, world, dir } } => {
             let path = sluice::devkit::new_plugin(&name, &world, &dir, &sluice::default_cache_dir())?;
-            println!("created {} ({world} world); build it with: sluice plugin build {}", path.display(), path.display());
+            println!(
+                "created {} ({world} world); build it with: sluice plugin build {}",
+                path.display(),
+                path.display()
+            );
             Ok(())
         }
         Command::Plugin { command: PluginCommand::Build { dir, out } } => {
@@ -242,7 +247,12 @@ async fn run(command: Command) -> sluice::Result<()> {
                 let (host, guest, rw) = match parts.as_slice() {
                     [h, g] => (*h, *g, false),
                     [h, g, "rw"] => (*h, *g, true),
-                    _ => return Err(sluice::Error::Config { location: None, message: format!("--grant-dir {d}: expected HOST:GUEST or HOST:GUEST:rw") }),
+                    _ => {
+                        return Err(sluice::Error::Config {
+                            location: None,
+                            message: format!("--grant-dir {d}: expected HOST:GUEST or HOST:GUEST:rw"),
+                        });
+                    }
                 };
                 t.plugin.grants.dirs.push(sluice::DirGrant::new(host, guest, !rw));
             }

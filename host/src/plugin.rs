@@ -236,7 +236,12 @@ impl PluginRuntime {
     }
 
     /// Loads a component from its bytes (e.g. a copy kept in a checkpoint).
-    pub(crate) async fn load_bytes(&self, spec: &PluginSpec, role: Role, bytes: Arc<Vec<u8>>) -> Result<PluginComponent> {
+    pub(crate) async fn load_bytes(
+        &self,
+        spec: &PluginSpec,
+        role: Role,
+        bytes: Arc<Vec<u8>>,
+    ) -> Result<PluginComponent> {
         let (name, path) = (spec.name.as_str(), spec.path.as_path());
         let hash = blake3::hash(&bytes).to_hex().to_string();
         let component = self.compile(name, path, bytes.clone()).await?;
@@ -258,9 +263,11 @@ impl PluginRuntime {
                 ),
             ));
         }
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
-            load_err(name, path, format!("imports something this host does not provide: {e:#}"))
-        })?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| load_err(name, path, format!("imports something this host does not provide: {e:#}")))?;
         let mut h = blake3::Hasher::new();
         h.update(hash.as_bytes());
         h.update(spec.config_json().as_bytes());
@@ -276,14 +283,10 @@ fn export_names(engine: &Engine, component: &Component) -> Vec<String> {
 /// The contract and the roles a component exports.
 fn exported_roles(engine: &Engine, component: &Component) -> (Contract, Vec<Role>) {
     let ty = component.component_type();
-    let names: Vec<(String, bool)> = ty
-        .exports(engine)
-        .map(|(n, e)| (n.to_string(), matches!(e.ty, ComponentItem::ComponentInstance(_))))
-        .collect();
-    let roles: Vec<Role> = Role::ALL
-        .into_iter()
-        .filter(|r| names.iter().any(|(n, inst)| *inst && n == r.interface()))
-        .collect();
+    let names: Vec<(String, bool)> =
+        ty.exports(engine).map(|(n, e)| (n.to_string(), matches!(e.ty, ComponentItem::ComponentInstance(_)))).collect();
+    let roles: Vec<Role> =
+        Role::ALL.into_iter().filter(|r| names.iter().any(|(n, inst)| *inst && n == r.interface())).collect();
     if !roles.is_empty() {
         return (Contract::V0_2, roles);
     }
@@ -322,8 +325,12 @@ impl From<v0_1::sluice::plugin::types::PluginError> for GuestError {
     fn from(e: v0_1::sluice::plugin::types::PluginError) -> Self {
         use v0_1::sluice::plugin::types::PluginError as E;
         match e {
-            E::InvalidConfig(m) => GuestError { fault: PluginFault::InvalidConfig, message: format!("invalid config: {m}") },
-            E::InvalidInput(m) => GuestError { fault: PluginFault::InvalidInput, message: format!("invalid input: {m}") },
+            E::InvalidConfig(m) => {
+                GuestError { fault: PluginFault::InvalidConfig, message: format!("invalid config: {m}") }
+            }
+            E::InvalidInput(m) => {
+                GuestError { fault: PluginFault::InvalidInput, message: format!("invalid input: {m}") }
+            }
             E::Failed(m) => GuestError { fault: PluginFault::Failed, message: m },
         }
     }
@@ -333,8 +340,12 @@ impl From<v0_2::sluice::plugin::types::PluginError> for GuestError {
     fn from(e: v0_2::sluice::plugin::types::PluginError) -> Self {
         use v0_2::sluice::plugin::types::PluginError as E;
         match e {
-            E::InvalidConfig(m) => GuestError { fault: PluginFault::InvalidConfig, message: format!("invalid config: {m}") },
-            E::InvalidInput(m) => GuestError { fault: PluginFault::InvalidInput, message: format!("invalid input: {m}") },
+            E::InvalidConfig(m) => {
+                GuestError { fault: PluginFault::InvalidConfig, message: format!("invalid config: {m}") }
+            }
+            E::InvalidInput(m) => {
+                GuestError { fault: PluginFault::InvalidInput, message: format!("invalid input: {m}") }
+            }
             E::Retryable(m) => GuestError { fault: PluginFault::Retryable, message: format!("retryable: {m}") },
             E::Failed(m) => GuestError { fault: PluginFault::Failed, message: m },
         }
@@ -406,8 +417,9 @@ fn config_v0_2(config: &PluginConfig) -> Vec<(String, v0_2::sluice::plugin::type
         .collect()
 }
 
-type CallFuture<'a, T> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<std::result::Result<T, GuestError>>> + Send + 'a>>;
+type CallFuture<'a, T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = wasmtime::Result<std::result::Result<T, GuestError>>> + Send + 'a>,
+>;
 
 /// One sandboxed instance: a store of its own and the component instantiated in it.
 pub(crate) struct Sandboxed {
@@ -521,8 +533,12 @@ impl PluginComponent {
 
 fn limit_error(plugin: &str, call: &'static str, batch: Option<u64>, hit: LimitHit, cap: u64) -> Error {
     let (limit, detail) = match hit {
-        LimitHit::Instance(wanted) => (Limit::Memory, format!("{cap} bytes; it asked for {wanted} over all its memories and tables")),
-        LimitHit::Process(budget) => (Limit::ProcessMemory, format!("{budget} bytes for all plugin instances together")),
+        LimitHit::Instance(wanted) => {
+            (Limit::Memory, format!("{cap} bytes; it asked for {wanted} over all its memories and tables"))
+        }
+        LimitHit::Process(budget) => {
+            (Limit::ProcessMemory, format!("{budget} bytes for all plugin instances together"))
+        }
         LimitHit::Table(n) => (Limit::Table, format!("{} elements; it asked for {n}", sandbox::MAX_TABLE_ELEMENTS)),
     };
     Error::PluginLimit { plugin: plugin.to_string(), call, batch, limit, detail }
@@ -554,7 +570,11 @@ impl Sandboxed {
     ) -> Result<T> {
         let batch = ctx.map(|c| c.batch_id);
         if self.poisoned {
-            return Err(self.contract_error(call, batch, "the instance trapped earlier and cannot be used again".into()));
+            return Err(self.contract_error(
+                call,
+                batch,
+                "the instance trapped earlier and cannot be used again".into(),
+            ));
         }
         let (clock, seed) = match ctx {
             Some(c) => {

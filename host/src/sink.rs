@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::plugin::{PluginRuntime, Role};
 use crate::progress::PluginProgress;
 use crate::source::Partitioned;
-use crate::spec::{SinkSpec, OutputMode};
+use crate::spec::{OutputMode, SinkSpec};
 
 pub(crate) mod console;
 pub(crate) mod file;

@@ -244,7 +244,8 @@ impl SourceProvider for PluginProvider {
 }
 
 /// The source registry: adding a source means adding one provider here.
-const SOURCES: &[&dyn SourceProvider] = &[&SocketProvider, &RateProvider, &KafkaProvider, &FileProvider, &PluginProvider];
+const SOURCES: &[&dyn SourceProvider] =
+    &[&SocketProvider, &RateProvider, &KafkaProvider, &FileProvider, &PluginProvider];
 
 /// Every source format this build knows.
 pub(crate) fn formats() -> Vec<&'static str> {

@@ -465,8 +465,7 @@ impl PluginSpec {
 
     /// The config as canonical JSON text (for version hashes and checkpoint copies).
     pub(crate) fn config_json(&self) -> String {
-        let v: Vec<serde_json::Value> =
-            self.config.iter().map(|(k, v)| serde_json::json!([k, v.to_json()])).collect();
+        let v: Vec<serde_json::Value> = self.config.iter().map(|(k, v)| serde_json::json!([k, v.to_json()])).collect();
         serde_json::Value::Array(v).to_string()
     }
 }

@@ -41,11 +41,15 @@ impl StateStore {
     }
 
     fn decode(&self, rel: &str, bytes: Bytes) -> Result<Vec<RecordBatch>> {
-        let reader = arrow_ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
-            .map_err(|e| Error::CorruptCheckpoint { path: self.ckpt.name(rel), reason: e.to_string() })?;
-        reader
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::CorruptCheckpoint { path: self.ckpt.name(rel), reason: e.to_string() })
+        let corrupt = |reason: String| Error::CorruptCheckpoint { path: self.ckpt.name(rel), reason };
+        // arrow-ipc validates what it reads, but some damage trips an assertion inside it
+        // instead: a damaged file must be reported, not crash the query.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let reader = arrow_ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
+                .map_err(|e| corrupt(e.to_string()))?;
+            reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| corrupt(e.to_string()))
+        }))
+        .unwrap_or_else(|_| Err(corrupt("the file does not decode as Arrow IPC".into())))
     }
 
     /// Versions present, as (version, is_snapshot), ascending.

@@ -30,7 +30,14 @@ fn files(file: &Path, spec: &PipelineSpec) -> BTreeMap<PathBuf, Option<String>> 
 }
 
 fn source_shape(s: &SourceSpec) -> String {
-    format!("{} {:?} {:?} {:?} {:?}", s.format, s.options.pairs(), s.path, s.schema, s.plugin.as_ref().map(|p| (&p.path, &p.config)))
+    format!(
+        "{} {:?} {:?} {:?} {:?}",
+        s.format,
+        s.options.pairs(),
+        s.path,
+        s.schema,
+        s.plugin.as_ref().map(|p| (&p.path, &p.config))
+    )
 }
 
 fn sink_shape(s: &SinkSpec) -> String {

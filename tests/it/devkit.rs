@@ -30,7 +30,10 @@ fn a_new_plugin_is_created_built_and_tested_outside_the_repository() {
     sluice(&["plugin", "new", "shout", "--world", "transform", "--dir", &dir.display().to_string()], &env);
     let crate_dir = dir.join("shout");
     let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).expect("manifest");
-    assert!(!manifest.contains("/work/") || !manifest.contains("sdk/rust"), "the SDK comes from the binary, not a checkout: {manifest}");
+    assert!(
+        !manifest.contains("/work/") || !manifest.contains("sdk/rust"),
+        "the SDK comes from the binary, not a checkout: {manifest}"
+    );
     let built = sluice(&["plugin", "build", &crate_dir.display().to_string()], &env);
     let wasm = crate_dir.join("shout.wasm");
     assert!(wasm.exists(), "{built}");
@@ -54,6 +57,9 @@ fn a_new_plugin_is_created_built_and_tested_outside_the_repository() {
     // A bad name and an unknown world are refused with a clear message.
     let bad = Command::new(sluice_bin()).args(["plugin", "new", "Bad Name"]).output().expect("run");
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("lower-case"));
-    let bad = Command::new(sluice_bin()).args(["plugin", "new", "x", "--world", "mapper", "--dir", &dir.display().to_string()]).output().expect("run");
+    let bad = Command::new(sluice_bin())
+        .args(["plugin", "new", "x", "--world", "mapper", "--dir", &dir.display().to_string()])
+        .output()
+        .expect("run");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("valid worlds"));
 }

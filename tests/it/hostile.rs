@@ -114,13 +114,33 @@ async fn hostile_plugins_end_in_typed_errors_within_their_limits_and_the_host_go
         ("reading an env var", evil("env").config("var", "PATH"), Expect::Fault(PluginFault::Failed, "denied")),
         ("flooding stdout, then a panic", evil("flood_stdout"), Expect::Trap("panics after flooding stdout")),
         ("flooding the log", evil("flood_log"), Expect::Runs),
-        ("malformed IPC", PluginSpec::new(plugin("evil_raw")).config("mode", "garbage"), Expect::Fault(PluginFault::Contract, "not valid Arrow IPC")),
-        ("truncated IPC", PluginSpec::new(plugin("evil_raw")).config("mode", "truncated"), Expect::Fault(PluginFault::Contract, "not valid Arrow IPC")),
-        ("a schema where a batch belongs", PluginSpec::new(plugin("evil_raw")).config("mode", "schema_in_batch"), Expect::Fault(PluginFault::Contract, "not valid Arrow IPC")),
-        ("an invalid output schema", PluginSpec::new(plugin("evil_raw")).config("mode", "bad_schema"), Expect::Fault(PluginFault::Contract, "invalid schema")),
+        (
+            "malformed IPC",
+            PluginSpec::new(plugin("evil_raw")).config("mode", "garbage"),
+            Expect::Fault(PluginFault::Contract, "not valid Arrow IPC"),
+        ),
+        (
+            "truncated IPC",
+            PluginSpec::new(plugin("evil_raw")).config("mode", "truncated"),
+            Expect::Fault(PluginFault::Contract, "not valid Arrow IPC"),
+        ),
+        (
+            "a schema where a batch belongs",
+            PluginSpec::new(plugin("evil_raw")).config("mode", "schema_in_batch"),
+            Expect::Fault(PluginFault::Contract, "not valid Arrow IPC"),
+        ),
+        (
+            "an invalid output schema",
+            PluginSpec::new(plugin("evil_raw")).config("mode", "bad_schema"),
+            Expect::Fault(PluginFault::Contract, "invalid schema"),
+        ),
         ("the wrong schema", evil("wrong_schema"), Expect::Fault(PluginFault::Contract, "declared output schema")),
         ("a huge batch", evil("huge"), Expect::Limit(Limit::Memory)),
-        ("a component of a foreign world (WAT)", PluginSpec::new(fixture("foreign_world.wasm")), Expect::Load("exports no Sluice role")),
+        (
+            "a component of a foreign world (WAT)",
+            PluginSpec::new(fixture("foreign_world.wasm")),
+            Expect::Load("exports no Sluice role"),
+        ),
         ("a component of another role", PluginSpec::new(plugin("jsonl_dir")), Expect::Load("batch-sink-plugin")),
         ("random bytes as a .wasm", PluginSpec::new(&random), Expect::Load("not a valid Wasm component")),
     ];
@@ -184,7 +204,8 @@ async fn retry_runs_a_failed_partition_again_on_a_fresh_instance_and_dead_letter
     std::fs::create_dir_all(dir.join("in")).expect("mkdir");
     put_file(&dir.join("in"), "a.txt", "x\ny\nz\n");
     // `flaky` fails each batch's first attempt with a retryable error.
-    let spec = sluice::PipelineSpec::from_toml(&dlq_pipeline(&dir, "{ retry = 2 }", "flaky"), "p.toml", &dir).expect("spec");
+    let spec =
+        sluice::PipelineSpec::from_toml(&dlq_pipeline(&dir, "{ retry = 2 }", "flaky"), "p.toml", &dir).expect("spec");
     let q = session().start(&spec).await.expect("start");
     q.await_termination().await.expect("retried to success");
     let p = q.last_progress().expect("progress");
@@ -195,7 +216,8 @@ async fn retry_runs_a_failed_partition_again_on_a_fresh_instance_and_dead_letter
     let d2 = tempdir("policy2");
     std::fs::create_dir_all(d2.join("in")).expect("mkdir");
     put_file(&d2.join("in"), "a.txt", "x\n");
-    let spec = sluice::PipelineSpec::from_toml(&dlq_pipeline(&d2, "{ retry = 5 }", "error"), "p.toml", &d2).expect("spec");
+    let spec =
+        sluice::PipelineSpec::from_toml(&dlq_pipeline(&d2, "{ retry = 5 }", "error"), "p.toml", &d2).expect("spec");
     let q = session().start(&spec).await.expect("start");
     let e = q.await_termination().await.expect_err("fails");
     assert!(e.to_string().contains("refuses this batch"), "{e}");
@@ -220,7 +242,10 @@ async fn retry_runs_a_failed_partition_again_on_a_fresh_instance_and_dead_letter
         }
     }
     assert_eq!(dead.len(), 2, "{dead:?}");
-    assert!(dead.iter().all(|r| r["_error"].as_str().is_some_and(|e| e.contains("refuses this batch")) && r["_plugin"] == "evil"));
+    assert!(
+        dead.iter()
+            .all(|r| r["_error"].as_str().is_some_and(|e| e.contains("refuses this batch")) && r["_plugin"] == "evil")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

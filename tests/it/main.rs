@@ -11,6 +11,7 @@ mod config_errors;
 mod devkit;
 mod hostile;
 mod kafka;
+mod properties;
 mod recovery;
 mod reload;
 mod roles;

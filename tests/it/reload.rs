@@ -123,9 +123,7 @@ available_now = true
 
     // 3. The first version again, and a SIGKILL right after the swap.
     replace(&live, &plugin("split_words"));
-    wait_for("the swap back", Duration::from_secs(30), || {
-        versions(&ckpt).last().is_some_and(|(_, x)| *x == first)
-    });
+    wait_for("the swap back", Duration::from_secs(30), || versions(&ckpt).last().is_some_and(|(_, x)| *x == first));
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
     let (last, logged) = versions(&ckpt).last().cloned().expect("a batch");
@@ -147,8 +145,13 @@ available_now = true
     );
     let v = versions(&ckpt);
     assert_eq!(v.len(), 30, "{v:?}");
-    assert!(v[last as usize + 1..].iter().all(|(_, x)| *x == second), "after the re-run the current version runs: {v:?}");
-    assert!(ckpt.join(format!("plugins/{first}.wasm")).exists() && ckpt.join(format!("plugins/{second}.wasm")).exists());
+    assert!(
+        v[last as usize + 1..].iter().all(|(_, x)| *x == second),
+        "after the re-run the current version runs: {v:?}"
+    );
+    assert!(
+        ckpt.join(format!("plugins/{first}.wasm")).exists() && ckpt.join(format!("plugins/{second}.wasm")).exists()
+    );
 
     // Exactly once: the final counts are the counts of all the input.
     let got: HashMap<String, i64> = last_counts(&committed_output(&out));

@@ -111,17 +111,24 @@ grants = { dirs = [{ host = "out", guest = "/out", read_only = false }], env = [
     assert_eq!(get("tags"), Some(ConfigValue::List(vec![ConfigValue::Str("a".into()), ConfigValue::Str("b".into())])));
     assert_eq!(get("nested"), Some(ConfigValue::Json("{\"k\":1}".into())));
     assert_eq!((src.limits.memory_bytes, src.limits.instances, src.limits.fuel), (32 << 20, Some(2), Some(1000)));
-    assert!(matches!(&spec.transforms[0], TransformSpec::Plugin(p) if matches!(p.on_error, OnError::Retry { attempts: 3 })));
+    assert!(
+        matches!(&spec.transforms[0], TransformSpec::Plugin(p) if matches!(p.on_error, OnError::Retry { attempts: 3 }))
+    );
     match &spec.transforms[1] {
         TransformSpec::Plugin(p) => match &p.on_error {
-            OnError::DeadLetter(s) => assert_eq!((s.format.as_str(), s.path.clone()), ("json", Some(PathBuf::from("/base/dlq")))),
+            OnError::DeadLetter(s) => {
+                assert_eq!((s.format.as_str(), s.path.clone()), ("json", Some(PathBuf::from("/base/dlq"))))
+            }
             other => panic!("{other:?}"),
         },
         other => panic!("{other:?}"),
     }
     let g = spec.sink.plugin.expect("sink plugin").grants;
     assert_eq!(g.dirs, vec![DirGrant::new("/base/out", "/out", false)]);
-    assert_eq!((g.env, g.http, g.sockets, g.clock), (vec!["TZ".into()], vec!["api.example.com:443".into()], vec!["127.0.0.1:5432".into()], ClockGrant::Real));
+    assert_eq!(
+        (g.env, g.http, g.sockets, g.clock),
+        (vec!["TZ".into()], vec!["api.example.com:443".into()], vec!["127.0.0.1:5432".into()], ClockGrant::Real)
+    );
 }
 
 #[test]
@@ -134,7 +141,9 @@ fn bad_grants_and_plugin_keys_without_a_plugin_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("absolute"), "{e}");
-    let e = parse("[source]\nformat = \"rate\"\nconfig = { a = 1 }\n[sink]\nformat = \"console\"\n").unwrap_err().to_string();
+    let e = parse("[source]\nformat = \"rate\"\nconfig = { a = 1 }\n[sink]\nformat = \"console\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("set `plugin` too"), "{e}");
     let e = parse("[source]\nformat = \"rate\"\n[sink]\nformat = \"foreach\"\nplugin = \"w.wasm\"\ngrants = { clock = \"atomic\" }\n")
         .unwrap_err()
@@ -149,7 +158,10 @@ fn bad_grants_and_plugin_keys_without_a_plugin_are_errors() {
 #[test]
 fn config_arguments_are_read_as_toml() {
     assert_eq!(parse_config_arg("n=3").expect("arg"), ("n".to_string(), ConfigValue::Int(3)));
-    assert_eq!(parse_config_arg("s=hello world").expect("arg"), ("s".to_string(), ConfigValue::Str("hello world".into())));
+    assert_eq!(
+        parse_config_arg("s=hello world").expect("arg"),
+        ("s".to_string(), ConfigValue::Str("hello world".into()))
+    );
     assert_eq!(parse_config_arg("b=true").expect("arg"), ("b".to_string(), ConfigValue::Bool(true)));
     assert!(parse_config_arg("novalue").is_err());
 }

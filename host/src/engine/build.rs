@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::reload::{ReloadContext, StepInfo};
-use super::step::{Policy, PluginStep, Step, dead_letter_schema};
+use super::step::{PluginStep, Policy, Step, dead_letter_schema};
 use super::{Query, parallelism};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -72,8 +72,8 @@ impl Query {
                 location: spec.sink.location.clone(),
             });
         }
-        let source = crate::source::build(&spec.source, &SourceContext { runtime, query_id: &query_id, parallelism })
-            .await?;
+        let source =
+            crate::source::build(&spec.source, &SourceContext { runtime, query_id: &query_id, parallelism }).await?;
         if checkpoint.is_some() && !source.replayable() && !source.accepts_at_most_once() {
             return Err(Error::Config {
                 location: spec.source.location.clone(),
@@ -154,15 +154,23 @@ impl Query {
             input = output;
         }
         if let Some(c) = sink.plugin() {
-            let info = StepInfo { input: schema.clone(), output: schema.clone(), role: c.role, version: c.version.clone() };
+            let info =
+                StepInfo { input: schema.clone(), output: schema.clone(), role: c.role, version: c.version.clone() };
             infos.insert(StepRef::Sink, info);
         }
         if let Some(c) = source.plugin() {
-            let info = StepInfo { input: source.schema(), output: source.schema(), role: c.role, version: c.version.clone() };
+            let info =
+                StepInfo { input: source.schema(), output: source.schema(), role: c.role, version: c.version.clone() };
             infos.insert(StepRef::Source, info);
         }
-        let (reload, reload_rx) =
-            ReloadContext::new(runtime.clone(), tables.clone(), query_id.clone(), parallelism, checkpoint.is_some(), infos);
+        let (reload, reload_rx) = ReloadContext::new(
+            runtime.clone(),
+            tables.clone(),
+            query_id.clone(),
+            parallelism,
+            checkpoint.is_some(),
+            infos,
+        );
         let guarantee = guarantee(
             crate::source::provider(&spec.source)?.replayable() && source.replayable(),
             checkpoint.is_some(),
@@ -214,9 +222,11 @@ fn guarantee(replayable: bool, checkpoint: bool, sink: Delivery, format: &str) -
         (true, true, Delivery::ExactlyOnce) => {
             format!("exactly-once (a replayable source, a checkpoint and the exactly-once {format} sink)")
         }
-        (true, true, Delivery::AtLeastOnce) if format.starts_with("foreach") => format!(
-            "at-least-once; exactly-once if the {format} sink writes idempotently by batch id (and partition)"
-        ),
-        (true, true, Delivery::AtLeastOnce) => format!("at-least-once (the {format} sink may repeat a batch after a crash)"),
+        (true, true, Delivery::AtLeastOnce) if format.starts_with("foreach") => {
+            format!("at-least-once; exactly-once if the {format} sink writes idempotently by batch id (and partition)")
+        }
+        (true, true, Delivery::AtLeastOnce) => {
+            format!("at-least-once (the {format} sink may repeat a batch after a crash)")
+        }
     }
 }

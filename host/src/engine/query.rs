@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
-use crate::progress::{StreamingQueryProgress, StreamingQueryStatus};
 use crate::error::{Error, Result};
+use crate::progress::{StreamingQueryProgress, StreamingQueryStatus};
 
 /// How many progress reports a query keeps (Spark's `numRecentProgressUpdates`).
 const RECENT_PROGRESS: usize = 100;
@@ -118,7 +118,19 @@ impl StreamingQuery {
         let cancel = CancellationToken::new();
         let (s, c) = (shared.clone(), cancel.clone());
         let task = tokio::spawn(async move {
-            let result = super::run(query, s.clone(), c).await;
+            use futures::FutureExt;
+            // A bug that panics ends the query with an error instead of leaving it hanging.
+            let result = std::panic::AssertUnwindSafe(super::run(query, s.clone(), c))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| {
+                    let why = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|m| m.to_string()))
+                        .unwrap_or_default();
+                    Err(Error::Internal(format!("the query's loop panicked: {why}")))
+                });
             s.finish(result);
         });
         StreamingQuery { shared, cancel, _task: Arc::new(AbortOnDropHandle::new(task)) }
@@ -200,7 +212,8 @@ impl StreamingQuery {
         let (prepared, version) = match ctx.prepare(step, &plugin).await {
             Ok(p) => p,
             Err(e) => {
-                self.shared.event(format!("reload of {step} (`{}`) failed; version {old} keeps running: {e}", plugin.name));
+                self.shared
+                    .event(format!("reload of {step} (`{}`) failed; version {old} keeps running: {e}", plugin.name));
                 return Err(e);
             }
         };

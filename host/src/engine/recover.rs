@@ -90,4 +90,3 @@ pub(super) async fn recover(q: &mut Query, ckpt: &Checkpoint, id: &str) -> Resul
     }
     Ok(resume)
 }
-

@@ -127,8 +127,8 @@ impl ReloadContext {
         let prepared = match at {
             StepRef::Transform(_) => {
                 let policy = super::build::policy(&spec, &info.input, self.checkpoint, &cx).await?;
-                let step =
-                    PluginStep::try_new(component, &self.query_id, info.input.clone(), self.parallelism, policy).await?;
+                let step = PluginStep::try_new(component, &self.query_id, info.input.clone(), self.parallelism, policy)
+                    .await?;
                 if fields(&step.output_schema()) != fields(&info.output) {
                     return Err(Error::config(format!(
                         "the new version of plugin `{}` outputs {:?}, but the step outputs {:?}; a change of output schema needs a restart",

@@ -88,7 +88,14 @@ impl PluginStep {
             instances.push(Some(t));
         }
         let output_schema = output.ok_or_else(|| Error::Internal("a plugin step without instances".into()))?;
-        Ok(PluginStep { component, query_id: Arc::from(query_id), instances, input_schema: input, output_schema, policy })
+        Ok(PluginStep {
+            component,
+            query_id: Arc::from(query_id),
+            instances,
+            input_schema: input,
+            output_schema,
+            policy,
+        })
     }
 
     /// Starts the dead-letter sink, if the step has one.
@@ -183,7 +190,12 @@ impl PluginStep {
     }
 
     /// Writes the rows of failed partitions, with their errors, to the dead-letter sink.
-    async fn dead_letter(&mut self, base: &CallContext, dead: Vec<(u32, Vec<RecordBatch>, String)>, rerun: bool) -> Result<u64> {
+    async fn dead_letter(
+        &mut self,
+        base: &CallContext,
+        dead: Vec<(u32, Vec<RecordBatch>, String)>,
+        rerun: bool,
+    ) -> Result<u64> {
         let Policy::DeadLetter { sink, schema } = &mut self.policy else { return Ok(0) };
         let plugin = self.component.spec.name.clone();
         let mut rows = Vec::new();
@@ -218,7 +230,12 @@ impl PluginStep {
 }
 
 /// Runs one partition's chunks and `finish-batch` on `t`.
-async fn run_partition(t: &mut Transformer, ctx: &CallContext, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+async fn run_partition(
+    t: &mut Transformer,
+    ctx: &CallContext,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
     for chunk in chunks(batches.to_vec()) {
         out.extend(t.process(ctx, schema, &chunk).await?);

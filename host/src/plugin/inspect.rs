@@ -61,9 +61,8 @@ impl PluginRuntime {
     pub(crate) async fn inspect(&self, path: &Path, config: PluginConfig) -> Result<PluginReport> {
         let mut spec = PluginSpec::new(path);
         spec.config = config;
-        let bytes = Arc::new(
-            tokio::fs::read(path).await.map_err(|source| Error::Io { path: path.to_path_buf(), source })?,
-        );
+        let bytes =
+            Arc::new(tokio::fs::read(path).await.map_err(|source| Error::Io { path: path.to_path_buf(), source })?);
         let component = self.compile(&spec.name, path, bytes.clone()).await?;
         let engine = &self.inner.engine;
         let ty = component.component_type();

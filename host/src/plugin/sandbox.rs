@@ -364,7 +364,10 @@ impl tokio::io::AsyncWrite for OutputSink {
         self.call.write(self.stream, buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
     fn poll_shutdown(
@@ -463,7 +466,8 @@ pub(crate) fn host_state(
         let perms = if d.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
         if !d.read_only && !d.host.exists() {
             // A read-write grant is an output directory: make it, as file sinks do.
-            std::fs::create_dir_all(&d.host).map_err(|e| format!("cannot create granted directory {}: {e}", d.host.display()))?;
+            std::fs::create_dir_all(&d.host)
+                .map_err(|e| format!("cannot create granted directory {}: {e}", d.host.display()))?;
         }
         b.preopened_dir(&d.host, &d.guest, perms)
             .map_err(|e| format!("cannot grant directory {} as {}: {e:#}", d.host.display(), d.guest))?;

@@ -59,7 +59,9 @@ impl PluginComponent {
         let schema = wire::encode_schema(schema);
         let res = sb
             .call(&guest, "create", None, move |g, s| {
-                Box::pin(async move { g.sink().call_create(s, &config, &schema).await.map(|r| r.map_err(GuestError::from)) })
+                Box::pin(
+                    async move { g.sink().call_create(s, &config, &schema).await.map(|r| r.map_err(GuestError::from)) },
+                )
             })
             .await?;
         Ok(ForeachWriter { sb, guest, res })
@@ -95,7 +97,9 @@ impl BatchWriter {
         let bytes = wire::encode_batch(chunk)?;
         self.sb
             .call(&self.guest, "write", Some(ctx), move |g, s| {
-                Box::pin(async move { g.batch_writer().call_write(s, res, &bytes).await.map(|r| r.map_err(GuestError::from)) })
+                Box::pin(async move {
+                    g.batch_writer().call_write(s, res, &bytes).await.map(|r| r.map_err(GuestError::from))
+                })
             })
             .await
     }
@@ -104,7 +108,9 @@ impl BatchWriter {
         let res = self.res;
         self.sb
             .call(&self.guest, "commit-batch", Some(ctx), move |g, s| {
-                Box::pin(async move { g.batch_writer().call_commit_batch(s, res).await.map(|r| r.map_err(GuestError::from)) })
+                Box::pin(async move {
+                    g.batch_writer().call_commit_batch(s, res).await.map(|r| r.map_err(GuestError::from))
+                })
             })
             .await
     }

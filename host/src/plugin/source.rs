@@ -34,12 +34,16 @@ impl PluginComponent {
         let config = config_v0_2(&self.spec.config);
         let res = sb
             .call(&guest, "create", None, move |g, s| {
-                Box::pin(async move { g.micro_batch_stream().call_create(s, &config).await.map(|r| r.map_err(GuestError::from)) })
+                Box::pin(async move {
+                    g.micro_batch_stream().call_create(s, &config).await.map(|r| r.map_err(GuestError::from))
+                })
             })
             .await?;
         let bytes = sb
             .call(&guest, "schema", None, move |g, s| {
-                Box::pin(async move { g.micro_batch_stream().call_schema(s, res).await.map(|r| r.map_err(GuestError::from)) })
+                Box::pin(async move {
+                    g.micro_batch_stream().call_schema(s, res).await.map(|r| r.map_err(GuestError::from))
+                })
             })
             .await?;
         let schema = wire::decode_schema(bytes)
@@ -69,7 +73,9 @@ impl SourceStream {
         let res = self.res;
         self.sb
             .call(&self.guest, "initial-offset", None, move |g, s| {
-                Box::pin(async move { g.micro_batch_stream().call_initial_offset(s, res).await.map(|r| r.map_err(GuestError::from)) })
+                Box::pin(async move {
+                    g.micro_batch_stream().call_initial_offset(s, res).await.map(|r| r.map_err(GuestError::from))
+                })
             })
             .await
     }
@@ -85,7 +91,10 @@ impl SourceStream {
         self.sb
             .call(&self.guest, "latest-offset", None, move |g, s| {
                 Box::pin(async move {
-                    g.micro_batch_stream().call_latest_offset(s, res, &start, limit).await.map(|r| r.map_err(GuestError::from))
+                    g.micro_batch_stream()
+                        .call_latest_offset(s, res, &start, limit)
+                        .await
+                        .map(|r| r.map_err(GuestError::from))
                 })
             })
             .await
@@ -108,7 +117,10 @@ impl SourceStream {
         self.sb
             .call(&self.guest, "partitions", None, move |g, s| {
                 Box::pin(async move {
-                    g.micro_batch_stream().call_partitions(s, res, &start, &end).await.map(|r| r.map_err(GuestError::from))
+                    g.micro_batch_stream()
+                        .call_partitions(s, res, &start, &end)
+                        .await
+                        .map(|r| r.map_err(GuestError::from))
                 })
             })
             .await
@@ -119,7 +131,9 @@ impl SourceStream {
         let end = end.to_string();
         self.sb
             .call(&self.guest, "commit", None, move |g, s| {
-                Box::pin(async move { g.micro_batch_stream().call_commit(s, res, &end).await.map(|r| r.map_err(GuestError::from)) })
+                Box::pin(async move {
+                    g.micro_batch_stream().call_commit(s, res, &end).await.map(|r| r.map_err(GuestError::from))
+                })
             })
             .await
     }
@@ -131,7 +145,9 @@ impl SourceStream {
         let reader = self
             .sb
             .call(&self.guest, "open", Some(ctx), move |g, s| {
-                Box::pin(async move { g.micro_batch_stream().call_open(s, res, &p).await.map(|r| r.map_err(GuestError::from)) })
+                Box::pin(async move {
+                    g.micro_batch_stream().call_open(s, res, &p).await.map(|r| r.map_err(GuestError::from))
+                })
             })
             .await?;
         let mut out = Vec::new();

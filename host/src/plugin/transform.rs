@@ -33,7 +33,9 @@ impl PluginComponent {
         let load = |e: wasmtime::Error| Error::Internal(format!("binding plugin `{}`: {e:#}", self.spec.name));
         let (kind, out) = match self.contract {
             Contract::V0_1 => {
-                let b = v0_1::TransformIndices::new(&self.pre).and_then(|i| i.load(&mut sb.store, &sb.instance)).map_err(load)?;
+                let b = v0_1::TransformIndices::new(&self.pre)
+                    .and_then(|i| i.load(&mut sb.store, &sb.instance))
+                    .map_err(load)?;
                 let config = config_v0_1(&self.spec.config);
                 sb.call(&b, "init", None, move |g, s| {
                     Box::pin(async move { g.call_init(s, &config).await.map(|r| r.map_err(GuestError::from)) })
@@ -42,12 +44,14 @@ impl PluginComponent {
                 let ipc = wire::encode_stream(input, &[])?;
                 let bytes = sb
                     .call(&b, "output-schema", None, move |g, s| {
-                        Box::pin(async move { g.call_output_schema(s, &ipc).await.map(|r| r.map_err(GuestError::from)) })
+                        Box::pin(
+                            async move { g.call_output_schema(s, &ipc).await.map(|r| r.map_err(GuestError::from)) },
+                        )
                     })
                     .await?;
-                let out = wire::decode_stream(bytes)
-                    .map(|(schema, _)| schema)
-                    .map_err(|e| sb.contract_error("output-schema", None, format!("returned invalid Arrow IPC: {e}")))?;
+                let out = wire::decode_stream(bytes).map(|(schema, _)| schema).map_err(|e| {
+                    sb.contract_error("output-schema", None, format!("returned invalid Arrow IPC: {e}"))
+                })?;
                 (Kind::V1(b), out)
             }
             Contract::V0_2 => {
@@ -66,12 +70,16 @@ impl PluginComponent {
                 let bytes = sb
                     .call(&guest, "output-schema", None, move |g, s| {
                         Box::pin(async move {
-                            g.transformer().call_output_schema(s, res, &schema).await.map(|r| r.map_err(GuestError::from))
+                            g.transformer()
+                                .call_output_schema(s, res, &schema)
+                                .await
+                                .map(|r| r.map_err(GuestError::from))
                         })
                     })
                     .await?;
-                let out = wire::decode_schema(bytes)
-                    .map_err(|e| sb.contract_error("output-schema", None, format!("returned an invalid schema: {e}")))?;
+                let out = wire::decode_schema(bytes).map_err(|e| {
+                    sb.contract_error("output-schema", None, format!("returned an invalid schema: {e}"))
+                })?;
                 (Kind::V2 { guest, res }, out)
             }
         };
@@ -100,7 +108,11 @@ impl Transformer {
     fn check_output(&self, batch: Option<u64>, got: &Schema) -> Result<()> {
         let expected = &self.output_schema;
         let same = expected.fields().len() == got.fields().len()
-            && expected.fields().iter().zip(got.fields()).all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type());
+            && expected
+                .fields()
+                .iter()
+                .zip(got.fields())
+                .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type());
         if same {
             return Ok(());
         }
@@ -148,7 +160,9 @@ impl Transformer {
                 let bytes = self
                     .sb
                     .call(b, "process", Some(ctx), move |g, s| {
-                        Box::pin(async move { g.call_process(s, wctx, &ipc).await.map(|r| r.map_err(GuestError::from)) })
+                        Box::pin(
+                            async move { g.call_process(s, wctx, &ipc).await.map(|r| r.map_err(GuestError::from)) },
+                        )
                     })
                     .await?;
                 let (got, batches) = wire::decode_stream(bytes).map_err(|e| {
@@ -165,7 +179,10 @@ impl Transformer {
                     .sb
                     .call(guest, "process", Some(ctx), move |g, s| {
                         Box::pin(async move {
-                            g.transformer().call_process(s, res, &wctx, &bytes).await.map(|r| r.map_err(GuestError::from))
+                            g.transformer()
+                                .call_process(s, res, &wctx, &bytes)
+                                .await
+                                .map(|r| r.map_err(GuestError::from))
                         })
                     })
                     .await?;

@@ -116,7 +116,10 @@ impl Sink for BatchSinkPlugin {
     }
 
     fn plugin_progress(&mut self) -> Vec<PluginProgress> {
-        let fresh = PluginProgress { version: self.progress.version.clone(), ..PluginProgress::new(&self.progress.name, "foreach_batch") };
+        let fresh = PluginProgress {
+            version: self.progress.version.clone(),
+            ..PluginProgress::new(&self.progress.name, "foreach_batch")
+        };
         vec![std::mem::replace(&mut self.progress, fresh)]
     }
 
@@ -233,7 +236,10 @@ impl Sink for ForeachSinkPlugin {
     }
 
     fn plugin_progress(&mut self) -> Vec<PluginProgress> {
-        let fresh = PluginProgress { version: self.progress.version.clone(), ..PluginProgress::new(&self.progress.name, "foreach") };
+        let fresh = PluginProgress {
+            version: self.progress.version.clone(),
+            ..PluginProgress::new(&self.progress.name, "foreach")
+        };
         vec![std::mem::replace(&mut self.progress, fresh)]
     }
 

@@ -21,8 +21,8 @@ use arrow_array::{ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use super::{Offset, Partitioned, ReadLimit, Source};
-use crate::spec::SourceSpec;
 use crate::error::{Error, ErrorKind, Result};
+use crate::spec::SourceSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {

@@ -66,7 +66,9 @@ fn arrow_type(name: &str, s: &Avro) -> Result<(DataType, bool), Error> {
             let others: Vec<&Avro> = u.variants().iter().filter(|v| !matches!(v, Avro::Null)).collect();
             return match others.as_slice() {
                 [one] => Ok((arrow_type(name, one)?.0, true)),
-                _ => Err(Error::InvalidConfig(format!("field `{name}`: only unions of null and one type are supported"))),
+                _ => {
+                    Err(Error::InvalidConfig(format!("field `{name}`: only unions of null and one type are supported")))
+                }
             };
         }
         other => {
@@ -130,9 +132,12 @@ impl Source for AvroDir {
         if max_files < 1 {
             return Err(Error::InvalidConfig("`maxFilesPerTrigger` must be at least 1".into()));
         }
-        let mut s = AvroDir { dir: dir(&config)?, max_files: max_files as usize, schema: util::schema(vec![]), cap: None };
+        let mut s =
+            AvroDir { dir: dir(&config)?, max_files: max_files as usize, schema: util::schema(vec![]), cap: None };
         s.schema = match config.str("schema")? {
-            Some(text) => arrow_schema(&Avro::parse_str(text).map_err(|e| Error::InvalidConfig(format!("`schema`: {e}")))?)?,
+            Some(text) => {
+                arrow_schema(&Avro::parse_str(text).map_err(|e| Error::InvalidConfig(format!("`schema`: {e}")))?)?
+            }
             None => {
                 let first = s.files()?.into_iter().next().ok_or_else(|| {
                     Error::InvalidConfig(format!("no .avro file in {} to take the schema from; set `schema`", s.dir))
@@ -346,7 +351,7 @@ mod tests {
             ("dir", sluice_sdk::Value::from(d.as_str())),
             ("maxFilesPerTrigger", sluice_sdk::Value::Int(1)),
         ]))
-            .expect("create");
+        .expect("create");
         assert_eq!(s.schema().field(2).data_type(), &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())));
         let start = s.initial_offset().expect("initial");
         let end = s.latest_offset(&start, ReadLimit::Default).expect("latest");

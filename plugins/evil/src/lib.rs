@@ -105,7 +105,8 @@ impl Transform for Evil {
             return Err(Error::InvalidConfig(format!("`mode` must be one of {}, got {mode:?}", MODES.join(", "))));
         }
         let after = config.int_or("after", 0)?.max(0) as u64;
-        let target = ["path", "var", "address", "url"].iter().find_map(|k| config.str(k).ok().flatten()).map(str::to_string);
+        let target =
+            ["path", "var", "address", "url"].iter().find_map(|k| config.str(k).ok().flatten()).map(str::to_string);
         Ok(Evil { mode, after, seen: 0, target, hoard: Vec::new(), input: None })
     }
 

@@ -127,12 +127,9 @@ impl Transform for JsonParse {
         // `keep`: a list of column names, or one comma-separated string.
         let keep = match config.str_list("keep") {
             Ok(list) => list.unwrap_or_default(),
-            Err(_) => config
-                .require_str("keep")?
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            Err(_) => {
+                config.require_str("keep")?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+            }
         };
         Ok(JsonParse {
             column: config.str_or("column", "value")?.to_string(),

@@ -87,7 +87,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("jsonl_dir-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let schema = sluice_sdk::util::schema(vec![Field::new("id", DataType::Int64, false)]);
-        let batch = |v: Vec<i64>| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(v))]).expect("batch");
+        let batch =
+            |v: Vec<i64>| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(v))]).expect("batch");
         let d = dir.display().to_string();
         let mut s = JsonlDir::create(Config::new([("dir", d.as_str())]), schema.clone()).expect("create");
         for (rerun, rows) in [(false, vec![1, 2]), (true, vec![1, 2])] {

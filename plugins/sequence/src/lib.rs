@@ -125,7 +125,9 @@ impl Source for Sequence {
 
     fn open(&mut self, partition: &str) -> Result<Range, Error> {
         let field = |key: &str| -> Result<u64, Error> {
-            let at = partition.find(&format!("\"{key}\":")).ok_or_else(|| Error::Failed(format!("bad partition {partition}")))?;
+            let at = partition
+                .find(&format!("\"{key}\":"))
+                .ok_or_else(|| Error::Failed(format!("bad partition {partition}")))?;
             let rest = &partition[at + key.len() + 3..];
             let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
             digits.parse().map_err(|_| Error::Failed(format!("bad partition {partition}")))
@@ -167,7 +169,8 @@ mod tests {
 
     #[test]
     fn every_id_once_in_order_and_the_end_stops_it() {
-        let mut s = Sequence::create(Config::new([("rows_per_batch", 7), ("end", 20), ("partitions", 3)])).expect("config");
+        let mut s =
+            Sequence::create(Config::new([("rows_per_batch", 7), ("end", 20), ("partitions", 3)])).expect("config");
         let mut offset = s.initial_offset().expect("initial");
         let mut all = Vec::new();
         loop {

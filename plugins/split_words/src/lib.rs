@@ -74,8 +74,9 @@ mod tests {
         let mut t = SplitWords::create(Config::new([("lowercase", true)])).expect("config");
         let input = util::schema(vec![Field::new("value", DataType::Utf8, true)]);
         t.output_schema(&input).expect("schema");
-        let batch = RecordBatch::try_new(input, vec![Arc::new(StringArray::from(vec![Some("A b  c"), None, Some("")]))])
-            .expect("batch");
+        let batch =
+            RecordBatch::try_new(input, vec![Arc::new(StringArray::from(vec![Some("A b  c"), None, Some("")]))])
+                .expect("batch");
         let out = t.process(&BatchContext::for_batch(0), batch).expect("process");
         let words = out.column(0).as_any().downcast_ref::<StringArray>().expect("strings");
         assert_eq!(words.iter().flatten().collect::<Vec<_>>(), vec!["a", "b", "c"]);

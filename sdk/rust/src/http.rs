@@ -127,7 +127,8 @@ pub fn send_with_headers(
     }
     OutgoingBody::finish(out, None).map_err(code)?;
     response.subscribe().block();
-    let r = response.get().ok_or_else(|| failed("no response"))?.map_err(|()| failed("response taken"))?.map_err(code)?;
+    let r =
+        response.get().ok_or_else(|| failed("no response"))?.map_err(|()| failed("response taken"))?.map_err(code)?;
     Ok(r.status())
 }
 

@@ -210,7 +210,9 @@ impl Config {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Int(i)) => Ok(Some(*i)),
-            Some(Value::Str(s)) => s.trim().parse().map(Some).map_err(|_| wrong_type(key, "an integer", &Value::Str(s.clone()))),
+            Some(Value::Str(s)) => {
+                s.trim().parse().map(Some).map_err(|_| wrong_type(key, "an integer", &Value::Str(s.clone())))
+            }
             Some(other) => Err(wrong_type(key, "an integer", other)),
         }
     }
@@ -226,7 +228,9 @@ impl Config {
             None => Ok(None),
             Some(Value::Float(f)) => Ok(Some(*f)),
             Some(Value::Int(i)) => Ok(Some(*i as f64)),
-            Some(Value::Str(s)) => s.trim().parse().map(Some).map_err(|_| wrong_type(key, "a number", &Value::Str(s.clone()))),
+            Some(Value::Str(s)) => {
+                s.trim().parse().map(Some).map_err(|_| wrong_type(key, "a number", &Value::Str(s.clone())))
+            }
             Some(other) => Err(wrong_type(key, "a number", other)),
         }
     }

@@ -37,7 +37,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 
 use crate::bindings::transform_plugin::exports::sluice::plugin::transform as wit_transform;
-use crate::bindings::{context, config, requirements, wit};
+use crate::bindings::{config, context, requirements, wit};
 use crate::{BatchContext, Config, Error, Requirement, wire};
 
 /// A batch-to-batch transform.

@@ -42,12 +42,29 @@ pub fn encode_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<
     w.into_inner()
 }
 
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+
 /// Runs a decoder, turning a panic into an error: arrow-ipc validates most of what it reads,
 /// but some damaged inputs (a validity bitmap shorter than its array) trip an assertion inside
 /// it instead. The host never trusts plugin output, so it must not crash on it either. (On
 /// Wasm, where panics abort, this changes nothing.)
 fn guarded<T>(f: impl FnOnce() -> Result<T, ArrowError>) -> Result<T, ArrowError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+    // The panic is expected and handled: keep it out of stderr (other panics still print).
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result.unwrap_or_else(|p| {
         let why = p
             .downcast_ref::<String>()
             .cloned()
@@ -165,13 +182,26 @@ fn messages(buf: &Buffer) -> Result<Vec<(Buffer, Buffer)>, ArrowError> {
             .map_err(|e| ipc_err(format!("invalid message flatbuffer at byte {pos}: {e}")))?;
         let body_len = usize::try_from(message.bodyLength())
             .map_err(|_| ipc_err(format!("negative body length at byte {pos}")))?;
-        let body_end = meta_end.checked_add(body_len).filter(|e| *e <= bytes.len()).ok_or_else(|| {
-            ipc_err(format!("message at byte {pos} claims a {body_len}-byte body beyond the end"))
-        })?;
+        let body_end = meta_end
+            .checked_add(body_len)
+            .filter(|e| *e <= bytes.len())
+            .ok_or_else(|| ipc_err(format!("message at byte {pos} claims a {body_len}-byte body beyond the end")))?;
         out.push((meta, buf.slice_with_length(meta_end, body_len)));
         pos = body_end;
     }
     Ok(out)
+}
+
+/// Every buffer a record batch message names must lie inside its body.
+fn check_buffers(b: &arrow_ipc::RecordBatch<'_>, body: usize) -> Result<(), ArrowError> {
+    for buf in b.buffers().into_iter().flatten() {
+        let (offset, len) = (buf.offset(), buf.length());
+        let end = offset.checked_add(len);
+        if offset < 0 || len < 0 || end.is_none_or(|e| e as u64 > body as u64) {
+            return Err(ipc_err(format!("a buffer at {offset}+{len} lies outside the {body}-byte body")));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes an encapsulated IPC schema message (0.2.0).
@@ -212,7 +242,15 @@ fn decode_batch_unguarded(schema: &SchemaRef, bytes: Vec<u8>) -> Result<Vec<Reco
                 if b.compression().is_some() {
                     return Err(ipc_err("compressed IPC buffers are refused at the plugin boundary"));
                 }
-                out.push(arrow_ipc::reader::read_record_batch(&body, b, schema.clone(), &dictionaries, None, &version)?);
+                check_buffers(&b, body.len())?;
+                out.push(arrow_ipc::reader::read_record_batch(
+                    &body,
+                    b,
+                    schema.clone(),
+                    &dictionaries,
+                    None,
+                    &version,
+                )?);
             }
             arrow_ipc::MessageHeader::Schema => {
                 return Err(ipc_err("a batch payload must not carry a schema message (the schema crossed once)"));
