@@ -18,6 +18,13 @@ echo "==> unit and integration tests (the crash tests run the sluice binary)"
 cargo build --release -p sluice
 cargo test --release -p sluice -p sluice-sdk -p sluice-tests
 
+echo "==> the plugins' own unit tests, natively (a separate build: plugin features stay apart from the host's)"
+native=()
+for dir in plugins/*/; do
+  grep -q '"rlib"' "$dir/Cargo.toml" && native+=("-p" "$(basename "$dir")")
+done
+cargo test --release "${native[@]}"
+
 echo "==> example pipelines"
 bin="${CARGO_TARGET_DIR:-target}/release/sluice"
 abs_bin="$(realpath "$bin")"

@@ -172,11 +172,20 @@ async fn wordcount_section(lines: usize, plugins: &Path, dir: &Path) -> Result<(
     println!("\n## Word count ({lines} lines, {mb:.1} MB, 20 files, maxFilesPerTrigger=4, {cores} cores)\n");
     println!("| pipeline | time | lines/s | MB/s | distinct words |");
     println!("|---|---|---|---|---|");
-    for (name, plugin) in [("(a) split_words plugin + SQL count", Some(split_words.as_path())), ("(b) pure SQL", None)]
-    {
+    // Fuel metering (instruction counting, what `limits.fuel` needs) is a runtime-wide switch.
+    let mut metered = RuntimeConfig::new(&default_cache_dir());
+    metered.fuel = true;
+    let fuel_session = Session::with_config(metered)?;
+    let _ = wordcount(&fuel_session, dir, Some(&split_words)).await?;
+    let rows = [
+        ("(a) split_words plugin + SQL count", Some(split_words.as_path()), &session),
+        ("(a') the same, fuel metering on", Some(split_words.as_path()), &fuel_session),
+        ("(b) pure SQL", None, &session),
+    ];
+    for (name, plugin, session) in rows {
         let mut runs = Vec::new();
         for _ in 0..3 {
-            runs.push(wordcount(&session, dir, plugin).await?);
+            runs.push(wordcount(session, dir, plugin).await?);
         }
         let (t, groups) = runs.iter().min_by_key(|r| r.0).copied().unwrap_or_default();
         let s = t.as_secs_f64();

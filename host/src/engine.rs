@@ -324,7 +324,7 @@ impl Runner {
         let t = Instant::now();
         if let Some(c) = &self.ckpt {
             c.write_commit(self.batch_id, &CommitEntry { next_batch_watermark_ms: 0 }).await?;
-            if self.batch_id % 10 == 0 {
+            if self.batch_id.is_multiple_of(10) {
                 c.purge(self.batch_id.saturating_sub(crate::state::MIN_BATCHES_TO_RETAIN), 1).await?;
             }
         }

@@ -223,10 +223,10 @@ impl Error {
                 Error::Config { location, .. }
                 | Error::UnknownOption { location, .. }
                 | Error::InvalidOption { location, .. }
-                | Error::MissingOption { location, .. } => {
-                    if location.is_none() {
-                        *location = Some(l);
-                    }
+                | Error::MissingOption { location, .. }
+                    if location.is_none() =>
+                {
+                    *location = Some(l);
                 }
                 _ => {}
             }

@@ -171,11 +171,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// A session for `spec`: fuel metering on only when a plugin sets `limits.fuel` (it costs
+/// speed, see the README's benchmarks).
+fn session_for(spec: &sluice::PipelineSpec) -> sluice::Result<sluice::Session> {
+    let mut config = sluice::RuntimeConfig::new(&sluice::default_cache_dir());
+    config.fuel = spec.plugins().any(|p| p.limits.fuel.is_some());
+    sluice::Session::with_config(config)
+}
+
 async fn run(command: Command) -> sluice::Result<()> {
     match command {
         Command::Run { file, progress, watch } => {
             let spec = sluice::PipelineSpec::from_file(&file)?;
-            let session = sluice::Session::try_new()?;
+            let session = session_for(&spec)?;
             let query = session.start(&spec).await?;
             let _watcher = watch.then(|| {
                 tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sluice::watch::watch(
@@ -212,7 +220,7 @@ async fn run(command: Command) -> sluice::Result<()> {
         }
         Command::Validate { file } => {
             let spec = sluice::PipelineSpec::from_file(&file)?;
-            let session = sluice::Session::try_new()?;
+            let session = session_for(&spec)?;
             let v = session.check(&spec).await?;
             let cols: Vec<String> =
                 v.schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();

@@ -84,12 +84,17 @@ impl Options {
 
     /// The value of `key`, or a [`Error::MissingOption`].
     pub(crate) fn require(&self, component: &str, key: &str, hint: Option<&str>) -> Result<&str> {
-        self.get(key).ok_or_else(|| Error::MissingOption {
+        self.get(key).ok_or_else(|| self.missing(component, key, hint))
+    }
+
+    /// The error for a missing option `key`.
+    pub(crate) fn missing(&self, component: &str, key: &str, hint: Option<&str>) -> Error {
+        Error::MissingOption {
             component: component.to_string(),
             key: key.to_string(),
             hint: hint.map(str::to_string),
             location: self.location.clone(),
-        })
+        }
     }
 
     /// Parses `key` with `FromStr`, or returns `default` when it is not set.

@@ -243,6 +243,13 @@ impl PluginRuntime {
         bytes: Arc<Vec<u8>>,
     ) -> Result<PluginComponent> {
         let (name, path) = (spec.name.as_str(), spec.path.as_path());
+        if spec.limits.fuel.is_some() && !self.inner.config.fuel {
+            return Err(Error::config(format!(
+                "plugin `{name}` sets limits.fuel, but fuel metering is off in this runtime: set \
+                 `RuntimeConfig::fuel = true` (`sluice run` and `sluice validate` turn it on when a \
+                 pipeline sets limits.fuel)"
+            )));
+        }
         let hash = blake3::hash(&bytes).to_hex().to_string();
         let component = self.compile(name, path, bytes.clone()).await?;
         let (contract, roles) = exported_roles(&self.inner.engine, &component);

@@ -15,7 +15,7 @@ fn parse_type(t: &str) -> Option<DataType> {
         let mut it = args.split(',').map(str::trim);
         let p: u8 = it.next()?.parse().ok()?;
         let s: i8 = it.next().unwrap_or("0").parse().ok()?;
-        return (p >= 1 && p <= 38).then_some(DataType::Decimal128(p, s));
+        return (1..=38).contains(&p).then_some(DataType::Decimal128(p, s));
     }
     Some(match upper.as_str() {
         "STRING" | "VARCHAR" | "TEXT" => DataType::Utf8,

@@ -31,6 +31,17 @@ pub struct PipelineSpec {
     pub trigger: Trigger,
 }
 
+impl PipelineSpec {
+    /// Every plugin of the pipeline: the source's, the transforms', the sink's.
+    pub fn plugins(&self) -> impl Iterator<Item = &PluginSpec> {
+        let transforms = self.transforms.iter().filter_map(|t| match t {
+            TransformSpec::Plugin(p) => Some(p),
+            TransformSpec::Sql { .. } => None,
+        });
+        self.source.plugin.iter().chain(transforms).chain(self.sink.plugin.iter())
+    }
+}
+
 /// The input source.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -65,6 +76,7 @@ impl SourceSpec {
 /// One transformation step.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+#[allow(clippy::large_enum_variant, reason = "a handful per pipeline; boxing would complicate the public API")]
 pub enum TransformSpec {
     /// A Wasm component of the transform world.
     Plugin(PluginSpec),

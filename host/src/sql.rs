@@ -44,6 +44,9 @@ use crate::error::{Error, Result};
 use crate::spec::OutputMode;
 use crate::state::StateStore;
 
+/// An aggregate and its `FILTER (WHERE ...)`, if any.
+type AggregateWithFilter = (Arc<AggregateFunctionExpr>, Option<Arc<dyn PhysicalExpr>>);
+
 mod functions;
 
 /// Batches shared between the engine and a table the plan scans.
@@ -360,7 +363,7 @@ struct Aggregator {
     /// The aggregate's output column names (group keys, then aggregates).
     names: Vec<String>,
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
-    aggs: Vec<(Arc<AggregateFunctionExpr>, Option<Arc<dyn PhysicalExpr>>)>,
+    aggs: Vec<AggregateWithFilter>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     /// Group keys to group ids (DataFusion's own hash tables); `None` for a global aggregate.
     groups: Option<Box<dyn GroupValues>>,

@@ -101,7 +101,7 @@ impl StateStore {
         full: impl FnOnce() -> Result<RecordBatch>,
     ) -> Result<()> {
         self.ckpt.put(&format!("{}/{version}.delta", self.dir), encode(schema, delta)?).await?;
-        if version % MIN_DELTAS_FOR_SNAPSHOT == 0 {
+        if version.is_multiple_of(MIN_DELTAS_FOR_SNAPSHOT) {
             let snapshot = full()?;
             self.ckpt.put(&format!("{}/{version}.snapshot", self.dir), encode(schema, &snapshot)?).await?;
             self.purge(version).await?;

@@ -66,11 +66,11 @@ async fn a_restart_continues_with_new_files_and_keeps_state_and_id() {
     // The aggregate's state column: DataFusion's name for count(*) and its state field.
     let col = state.schema().field(1).name().clone();
     assert!(col.starts_with("count(") && col.ends_with("[count]"), "{col}");
-    let c = counts(&[state.clone()], "word", &col);
+    let c = counts(std::slice::from_ref(&state), "word", &col);
     assert_eq!(c.get("x"), Some(&3));
     assert_eq!(c.get("z"), Some(&3));
     let after_first = sluice::read_state(&ckpt, None, Some(0)).await.expect("state at 0");
-    let c0 = counts(&[after_first.clone()], "word", &col);
+    let c0 = counts(std::slice::from_ref(&after_first), "word", &col);
     assert_eq!(c0.get("x"), Some(&2));
     assert_eq!(c0.get("z"), None);
 }

@@ -764,7 +764,7 @@ processing_time = "200ms"
 async fn kafka_option_mistakes_are_reported_by_name() {
     let bs = bootstrap();
     let cases: Vec<(String, &str, &str)> = vec![
-        (format!(r#"{{ subscribe = "t" }}"#), "console", "kafka.bootstrap.servers"),
+        (r#"{ subscribe = "t" }"#.to_string(), "console", "kafka.bootstrap.servers"),
         (
             format!(r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t", assign = '{{"t":[0]}}' }}"#),
             "console",

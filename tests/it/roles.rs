@@ -94,12 +94,15 @@ fn sequence_to_sql_to_jsonl_dir_is_exactly_once_under_sigkill() {
 }
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 that records request bodies and headers.
+/// Requests received: headers and body.
+type Requests = Arc<Mutex<Vec<(BTreeMap<String, String>, String)>>>;
+
 struct Receiver {
     port: u16,
-    requests: Arc<Mutex<Vec<(BTreeMap<String, String>, String)>>>,
+    requests: Requests,
 }
 
-fn serve(listener: TcpListener, requests: Arc<Mutex<Vec<(BTreeMap<String, String>, String)>>>) {
+fn serve(listener: TcpListener, requests: Requests) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let requests = requests.clone();
@@ -353,8 +356,10 @@ async fn native_foreach_batch_and_foreach_get_every_row() {
     let seen = seen.lock().expect("lock").clone();
     assert_eq!(seen, (0..10).map(|b| (b, 100)).collect::<Vec<_>>());
 
+    /// (partition, epoch, rows, closed without error) per writer.
+    type Calls = Arc<Mutex<Vec<(u32, u64, usize, bool)>>>;
     #[derive(Clone)]
-    struct Collect(Arc<Mutex<Vec<(u32, u64, usize, bool)>>>, u32, u64, usize);
+    struct Collect(Calls, u32, u64, usize);
     impl sluice::ForeachWriter for Collect {
         fn open(&mut self, partition: u32, epoch: u64) -> sluice::Result<bool> {
             (self.1, self.2) = (partition, epoch);

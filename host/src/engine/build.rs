@@ -129,10 +129,10 @@ impl Query {
         conf.insert("sluice.sources".to_string(), "1".to_string());
         conf.insert("sluice.source.0.format".to_string(), spec.source.format.clone());
         for (i, step) in steps.iter().enumerate() {
-            if let Step::Sql(s) = step {
-                if let Some(fp) = s.state_fingerprint() {
-                    conf.insert(format!("sluice.state.{i}"), fp);
-                }
+            if let Step::Sql(s) = step
+                && let Some(fp) = s.state_fingerprint()
+            {
+                conf.insert(format!("sluice.state.{i}"), fp);
             }
         }
         let mut infos = BTreeMap::new();

@@ -82,10 +82,10 @@ pub(super) async fn recover(q: &mut Query, ckpt: &Checkpoint, id: &str) -> Resul
     let last = latest_entry.as_ref().and_then(end_of);
     q.source.restore(log, last.as_ref()).await?;
     for (i, step) in q.steps.iter_mut().enumerate() {
-        if let Step::Sql(s) = step {
-            if s.is_stateful() {
-                s.attach_state(StateStore::new(ckpt.clone(), i, 0), resume.batch_id, ckpt.display()).await?;
-            }
+        if let Step::Sql(s) = step
+            && s.is_stateful()
+        {
+            s.attach_state(StateStore::new(ckpt.clone(), i, 0), resume.batch_id, ckpt.display()).await?;
         }
     }
     Ok(resume)

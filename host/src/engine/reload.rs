@@ -36,6 +36,7 @@ pub(super) struct StepInfo {
 }
 
 /// A new version, ready to swap in.
+#[allow(clippy::large_enum_variant, reason = "one at a time, moved once")]
 pub(super) enum Prepared {
     Transform(PluginStep),
     Sink(Box<dyn Sink>),

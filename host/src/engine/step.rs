@@ -25,6 +25,7 @@ use crate::source::Partitioned;
 use crate::spec::OutputMode;
 use crate::sql::SqlStep;
 
+#[allow(clippy::large_enum_variant, reason = "a handful per query, never in a hot collection")]
 pub(super) enum Step {
     Plugin(PluginStep),
     Sql(SqlStep),

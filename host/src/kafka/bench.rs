@@ -21,6 +21,9 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use crate::error::{Error, Result};
 use crate::{PipelineSpec, Session};
 
+/// A record's key and value.
+type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 fn err(what: &str) -> impl Fn(KafkaError) -> Error + '_ {
     move |e| Error::Internal(format!("kafka bench: {what}: {e}"))
 }
@@ -103,7 +106,7 @@ fn raw_copy(bootstrap: &str, input: &str, output: &str, records: usize, staged: 
     let started = Instant::now();
     c.assign(&tpl).map_err(err("assign"))?;
     let mut n = 0;
-    let mut staged_records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = Vec::new();
+    let mut staged_records: Vec<KeyValue> = Vec::new();
     let write = |key: Option<&[u8]>, value: Option<&[u8]>| -> Result<()> {
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(output);
         if let Some(k) = key {

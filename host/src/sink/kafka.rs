@@ -211,32 +211,31 @@ fn produce_all(
             if cols.value.is_valid(row) {
                 rec = rec.payload(cols.value.value(row));
             }
-            if let Some(k) = &cols.key {
-                if k.is_valid(row) {
-                    rec = rec.key(k.value(row));
-                }
+            if let Some(k) = &cols.key
+                && k.is_valid(row)
+            {
+                rec = rec.key(k.value(row));
             }
-            if let Some(p) = &cols.partition {
-                if p.is_valid(row) {
-                    rec = rec.partition(p.value(row));
-                }
+            if let Some(p) = &cols.partition
+                && p.is_valid(row)
+            {
+                rec = rec.partition(p.value(row));
             }
-            if let Some(h) = &cols.headers {
-                if h.is_valid(row) {
-                    let entries = h.value(row);
-                    let s = entries.as_struct();
-                    let keys = s.column(0).as_string::<i32>();
-                    let values = s.column(1).as_binary::<i32>();
-                    let mut hs = OwnedHeaders::new_with_capacity(s.len());
-                    for i in 0..s.len() {
-                        if keys.is_null(i) {
-                            return Err(format!("row {row} has a header with a null key"));
-                        }
-                        hs = hs
-                            .insert(Header { key: keys.value(i), value: values.is_valid(i).then(|| values.value(i)) });
+            if let Some(h) = &cols.headers
+                && h.is_valid(row)
+            {
+                let entries = h.value(row);
+                let s = entries.as_struct();
+                let keys = s.column(0).as_string::<i32>();
+                let values = s.column(1).as_binary::<i32>();
+                let mut hs = OwnedHeaders::new_with_capacity(s.len());
+                for i in 0..s.len() {
+                    if keys.is_null(i) {
+                        return Err(format!("row {row} has a header with a null key"));
                     }
-                    rec = rec.headers(hs);
+                    hs = hs.insert(Header { key: keys.value(i), value: values.is_valid(i).then(|| values.value(i)) });
                 }
+                rec = rec.headers(hs);
             }
             loop {
                 match producer.send(rec) {
@@ -333,10 +332,10 @@ impl Sink for KafkaSink {
             }
             _ => {}
         }
-        if let Some(f) = field("key") {
-            if !bytes_type(f.data_type()) {
-                return Err(bad(format!("`key` must be a string or binary, not {}", f.data_type())));
-            }
+        if let Some(f) = field("key")
+            && !bytes_type(f.data_type())
+        {
+            return Err(bad(format!("`key` must be a string or binary, not {}", f.data_type())));
         }
         match (field("topic"), &self.topic) {
             (None, None) => return Err(bad("set the `topic` option or give the output a `topic` column".into())),
@@ -345,18 +344,18 @@ impl Sink for KafkaSink {
             }
             _ => {}
         }
-        if let Some(f) = field("partition") {
-            if !f.data_type().is_integer() {
-                return Err(bad(format!("`partition` must be an integer, not {}", f.data_type())));
-            }
+        if let Some(f) = field("partition")
+            && !f.data_type().is_integer()
+        {
+            return Err(bad(format!("`partition` must be an integer, not {}", f.data_type())));
         }
-        if let Some(f) = field("headers") {
-            if !headers_type_ok(f.data_type()) {
-                return Err(bad(format!(
-                    "`headers` must be array<struct<key: string, value: binary>>, not {}",
-                    f.data_type()
-                )));
-            }
+        if let Some(f) = field("headers")
+            && !headers_type_ok(f.data_type())
+        {
+            return Err(bad(format!(
+                "`headers` must be array<struct<key: string, value: binary>>, not {}",
+                f.data_type()
+            )));
         }
         Ok(())
     }
@@ -375,7 +374,7 @@ impl Sink for KafkaSink {
             // Client-level settings (servers, security) carry over; producer settings do not.
             if !k.starts_with("transaction")
                 && !matches!(
-                    &k[..],
+                    k,
                     "enable.idempotence"
                         | "linger.ms"
                         | "message.timeout.ms"

@@ -16,8 +16,11 @@ use crate::options::Options;
 /// The in-memory tables written by `memory` sinks, by query name.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryTables {
-    inner: Arc<Mutex<HashMap<String, (SchemaRef, Vec<RecordBatch>)>>>,
+    inner: Arc<Mutex<HashMap<String, Table>>>,
 }
+
+/// One table: its schema and its rows.
+type Table = (SchemaRef, Vec<RecordBatch>);
 
 impl MemoryTables {
     /// The rows of table `name`, if a memory sink has created it.

@@ -161,13 +161,13 @@ impl FileSource {
             Format::Json | Format::Csv => schema.index_of(corrupt_name).ok(),
             _ => None,
         };
-        if let Some(i) = corrupt_column {
-            if schema.field(i).data_type() != &DataType::Utf8 {
-                return Err(Error::Config {
-                    location: spec.location.clone(),
-                    message: format!("{c}: the corrupt-record column `{corrupt_name}` must be STRING"),
-                });
-            }
+        if let Some(i) = corrupt_column
+            && schema.field(i).data_type() != &DataType::Utf8
+        {
+            return Err(Error::Config {
+                location: spec.location.clone(),
+                message: format!("{c}: the corrupt-record column `{corrupt_name}` must be STRING"),
+            });
         }
         let data_schema = Arc::new(Schema::new(
             schema
@@ -272,10 +272,10 @@ impl FileSource {
     ) -> Result<RecordBatch> {
         let lines = || bytes.split(|b| *b == b'\n').enumerate().filter(|(_, l)| !l.trim_ascii().is_empty());
         let expected = lines().count();
-        if let Ok(b) = decode(&self.data_schema, bytes) {
-            if b.num_rows() == expected {
-                return self.with_corrupt(b, None);
-            }
+        if let Ok(b) = decode(&self.data_schema, bytes)
+            && b.num_rows() == expected
+        {
+            return self.with_corrupt(b, None);
         }
         let mut good = Vec::new();
         let mut corrupt = StringBuilder::new();

@@ -224,9 +224,11 @@ impl KafkaSource {
                 Subscription::Assign(list)
             }
             [] => {
-                return Err(options
-                    .require(C, "subscribe", Some("exactly one of subscribe, subscribePattern or assign"))
-                    .unwrap_err());
+                return Err(options.missing(
+                    C,
+                    "subscribe",
+                    Some("exactly one of subscribe, subscribePattern or assign"),
+                ));
             }
             many => {
                 return Err(Error::Config {
@@ -292,10 +294,10 @@ impl KafkaSource {
         };
         let max_per_trigger = positive("maxOffsetsPerTrigger")?;
         let min_per_trigger = positive("minOffsetsPerTrigger")?;
-        if let (Some(min), Some(max)) = (min_per_trigger, max_per_trigger) {
-            if min > max {
-                return Err(options.invalid(C, "minOffsetsPerTrigger", "must not exceed maxOffsetsPerTrigger"));
-            }
+        if let (Some(min), Some(max)) = (min_per_trigger, max_per_trigger)
+            && min > max
+        {
+            return Err(options.invalid(C, "minOffsetsPerTrigger", "must not exceed maxOffsetsPerTrigger"));
         }
         let max_trigger_delay = match options.get("maxTriggerDelay") {
             Some(d) => crate::options::parse_duration(d).map_err(|e| options.invalid(C, "maxTriggerDelay", &e))?,
@@ -305,13 +307,11 @@ impl KafkaSource {
         let include_headers = options.bool_or(C, "includeHeaders", false)?;
         let commit_offsets = options.bool_or(C, "commitOffsets", false)?;
         if commit_offsets && options.get("kafka.group.id").is_none() {
-            return Err(options
-                .require(
-                    C,
-                    "kafka.group.id",
-                    Some("commitOffsets publishes the query's progress under this consumer group"),
-                )
-                .unwrap_err());
+            return Err(options.missing(
+                C,
+                "kafka.group.id",
+                Some("commitOffsets publishes the query's progress under this consumer group"),
+            ));
         }
         let poll_timeout = Duration::from_millis(options.parse_or(C, "kafkaConsumer.pollTimeoutMs", 120_000u64)?);
         let retry = Retry::from_options(C, options)?;
@@ -392,10 +392,10 @@ impl KafkaSource {
                     Some(e) => return Err(format!("topic {}: {}", t.name(), RDKafkaErrorCode::from(e))),
                 }
                 for p in t.partitions() {
-                    if let Subscription::Assign(list) = &sub {
-                        if !list.iter().any(|(n, q)| n == t.name() && *q == p.id()) {
-                            continue;
-                        }
+                    if let Subscription::Assign(list) = &sub
+                        && !list.iter().any(|(n, q)| n == t.name() && *q == p.id())
+                    {
+                        continue;
                     }
                     out.push((t.name().to_string(), p.id()));
                 }
@@ -831,10 +831,12 @@ impl Source for KafkaSource {
         if limit == ReadLimit::Default {
             // minOffsetsPerTrigger waits for more data, which a bounded run (available_now,
             // endingOffsets) must not do: its bound is all the data there will be.
-            if let (Some(min), None) = (self.min_per_trigger, &self.bound) {
-                if (total as u64) < min && self.last_batch.elapsed() < self.max_trigger_delay && total > 0 {
-                    return Ok(None);
-                }
+            if let (Some(min), None) = (self.min_per_trigger, &self.bound)
+                && (total as u64) < min
+                && self.last_batch.elapsed() < self.max_trigger_delay
+                && total > 0
+            {
+                return Ok(None);
             }
             if let Some(max) = self.max_per_trigger {
                 target = rate_limit(&base, &target, max);

@@ -228,10 +228,10 @@ impl Source for PluginSource {
     }
 
     async fn restore(&mut self, log: Vec<(u64, serde_json::Value)>, _last: Option<&Offset>) -> Result<()> {
-        if let Some((_, entry)) = log.iter().find(|(b, _)| *b == 0) {
-            if let Some(initial) = entry.get("initialOffset").and_then(|v| v.as_str()) {
-                self.initial = Some(initial.to_string());
-            }
+        if let Some((_, entry)) = log.iter().find(|(b, _)| *b == 0)
+            && let Some(initial) = entry.get("initialOffset").and_then(|v| v.as_str())
+        {
+            self.initial = Some(initial.to_string());
         }
         Ok(())
     }
