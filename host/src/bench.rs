@@ -119,7 +119,10 @@ fn native_filter(schema: &SchemaRef, input: &RecordBatch) -> Result<RecordBatch>
     let batches = decode_batch(schema, encode_batch(std::slice::from_ref(input))?)?;
     let b = &batches[0];
     let col = b.column(0).as_any().downcast_ref::<Int64Array>().ok_or_else(|| Error::Internal("i64".into()))?;
-    let keep: BooleanArray = col.values().iter().map(|v| Some(v % 2 == 0)).collect();
+    // The plugin's modulo and remainder come from its config: keep them opaque here too, or
+    // the compiler turns `% 2` into a bit test that the plugin's code cannot use.
+    let (m, r) = (std::hint::black_box(2i64), std::hint::black_box(0i64));
+    let keep: BooleanArray = col.values().iter().map(|v| Some(v % m == r)).collect();
     let out = arrow_select::filter::filter_record_batch(b, &keep)?;
     let out = decode_batch(schema, encode_batch(&[out])?)?;
     Ok(out.into_iter().next().unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))

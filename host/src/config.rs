@@ -378,7 +378,8 @@ fn plugin(loc: &Locator<'_>, raw: RawPlugin, what: &str, at: usize) -> Result<Op
             return Err(loc.err(
                 at,
                 format!(
-                    "{what}: `name`, `config`, `grants`, `limits` and `on_error` are for plugins; set `plugin` too"
+                    "{what}: `name`, `config`, `grants`, `limits` and `on_error` are for plugins; set `plugin` too{}",
+                    if what.starts_with("transform") { " (or write the step as `sql` without them)" } else { "" }
                 ),
             ));
         }

@@ -5,7 +5,7 @@
 //! `commit_batch` returns, so after a crash the same batch id comes again with `rerun = true`:
 //! replace what you wrote for that id and the output is exactly-once.
 //!
-//! ```rust,ignore
+//! ```rust
 //! use sluice_sdk::arrow_array::RecordBatch;
 //! use sluice_sdk::arrow_schema::SchemaRef;
 //! use sluice_sdk::{BatchContext, BatchSink, Config, Error, log, Level};
@@ -34,6 +34,14 @@
 //! }
 //!
 //! sluice_sdk::export_batch_sink!(CountRows);
+//!
+//! // Natively, as the host would call it:
+//! let schema = sluice_sdk::util::schema(vec![]);
+//! let mut sink = CountRows::create(Config::new(Vec::<(String, String)>::new()), schema.clone()).unwrap();
+//! sink.begin_batch(&BatchContext::for_batch(7), false).unwrap();
+//! sink.write(RecordBatch::new_empty(schema)).unwrap();
+//! sink.commit_batch().unwrap();
+//! assert_eq!((sink.batch, sink.rows), (7, 0));
 //! ```
 //!
 //! A foreach sink is Spark's `ForeachWriter`, handed Arrow chunks: for each logical partition of

@@ -6,7 +6,7 @@
 //! several instances. Reading the same range again must give the same rows: that is what makes
 //! recovery exactly-once.
 //!
-//! ```rust,ignore
+//! ```rust
 //! use std::sync::Arc;
 //! use sluice_sdk::arrow_array::{Int64Array, RecordBatch};
 //! use sluice_sdk::arrow_schema::{DataType, Field, SchemaRef};
@@ -50,6 +50,16 @@
 //! }
 //!
 //! sluice_sdk::export_source!(Counter);
+//!
+//! // Natively: plan a batch and read it, as the host would.
+//! let mut c = Counter::create(Config::new([("step", 5i64)])).unwrap();
+//! let start = c.initial_offset().unwrap();
+//! let end = c.latest_offset(&start, ReadLimit::MaxRows(3)).unwrap();
+//! assert_eq!(end, "3");
+//! let parts = c.partitions(&start, &end).unwrap();
+//! let mut reader = c.open(&parts[0]).unwrap();
+//! assert_eq!(reader.next().unwrap().map(|b| b.num_rows()), Some(3));
+//! assert!(reader.next().unwrap().is_none());
 //! ```
 
 use std::cell::RefCell;

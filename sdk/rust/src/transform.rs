@@ -1,8 +1,8 @@
 //! The transform role: a batch-to-batch function (map, flat-map, filter, enrich, parse).
 //!
-//! ```rust,ignore
+//! ```rust
 //! use std::sync::Arc;
-//! use sluice_sdk::arrow_array::{RecordBatch, StringArray};
+//! use sluice_sdk::arrow_array::{Array, RecordBatch, StringArray};
 //! use sluice_sdk::arrow_schema::{DataType, Field, Schema, SchemaRef};
 //! use sluice_sdk::{BatchContext, Config, Error, Transform, util};
 //!
@@ -28,6 +28,13 @@
 //! }
 //!
 //! sluice_sdk::export_transform!(Upper);
+//!
+//! // Natively, the same code runs in the plugin's unit tests:
+//! let mut t = Upper::create(Config::new([("column", "value")])).unwrap();
+//! let input = util::schema(vec![Field::new("value", DataType::Utf8, true)]);
+//! let batch = RecordBatch::try_new(input, vec![Arc::new(StringArray::from(vec!["a"]))]).unwrap();
+//! let out = t.process(&BatchContext::for_batch(0), batch).unwrap();
+//! assert_eq!(out.column(0).as_any().downcast_ref::<StringArray>().unwrap().value(0), "A");
 //! ```
 
 use std::cell::RefCell;
