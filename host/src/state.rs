@@ -35,6 +35,27 @@ fn encode(schema: &SchemaRef, batch: &RecordBatch) -> Result<Bytes> {
     Ok(Bytes::from(w.into_inner()?))
 }
 
+/// Every block the footer of an Arrow IPC file names must lie inside the file: arrow-ipc
+/// allocates a block's stated size before reading it, so a damaged length would abort the
+/// process (an allocation failure cannot be caught) instead of failing the read.
+fn check_blocks(bytes: &[u8]) -> std::result::Result<(), String> {
+    let trailer_at = bytes.len().checked_sub(10).ok_or("too short for an Arrow IPC file")?;
+    let mut trailer = [0u8; 10];
+    trailer.copy_from_slice(&bytes[trailer_at..]);
+    let footer_len = arrow_ipc::reader::read_footer_length(trailer).map_err(|e| e.to_string())?;
+    let footer_at = trailer_at.checked_sub(footer_len).ok_or("the footer is longer than the file")?;
+    let footer = arrow_ipc::root_as_footer(&bytes[footer_at..trailer_at]).map_err(|e| e.to_string())?;
+    let blocks = footer.recordBatches().into_iter().chain(footer.dictionaries()).flat_map(|v| v.iter());
+    for b in blocks {
+        let (offset, meta, body) = (b.offset(), b.metaDataLength(), b.bodyLength());
+        let end = i128::from(offset) + i128::from(meta) + i128::from(body);
+        if offset < 0 || meta < 0 || body < 0 || end > footer_at as i128 {
+            return Err(format!("a block at {offset} ({meta} + {body} bytes) lies outside the file"));
+        }
+    }
+    Ok(())
+}
+
 impl StateStore {
     pub(crate) fn new(ckpt: Checkpoint, operator: usize, partition: u32) -> Self {
         StateStore { ckpt, dir: format!("state/{operator}/{partition}") }
@@ -44,6 +65,7 @@ impl StateStore {
         let corrupt = |reason: String| Error::CorruptCheckpoint { path: self.ckpt.name(rel), reason };
         // arrow-ipc validates what it reads, but some damage trips an assertion inside it
         // instead: a damaged file must be reported, not crash the query.
+        check_blocks(&bytes).map_err(corrupt)?;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let reader = arrow_ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)
                 .map_err(|e| corrupt(e.to_string()))?;

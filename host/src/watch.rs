@@ -29,6 +29,13 @@ fn files(file: &Path, spec: &PipelineSpec) -> BTreeMap<PathBuf, Option<String>> 
     paths.into_iter().map(|p| (p.clone(), hash_file(&p))).collect()
 }
 
+/// [`files`] on the blocking pool (hashing components reads megabytes); `None` if that task
+/// panicked.
+async fn files_off_loop(file: &Path, spec: &PipelineSpec) -> Option<BTreeMap<PathBuf, Option<String>>> {
+    let (file, spec) = (file.to_path_buf(), spec.clone());
+    tokio::task::spawn_blocking(move || files(&file, &spec)).await.ok()
+}
+
 fn source_shape(s: &SourceSpec) -> String {
     format!(
         "{} {:?} {:?} {:?} {:?}",
@@ -95,25 +102,30 @@ pub(crate) fn diff(
 /// Follows `file` (the pipeline `applied` came from) until the query ends, reloading plugins as
 /// their files or settings change.
 pub async fn watch(query: StreamingQuery, file: PathBuf, mut applied: PipelineSpec) {
-    let mut seen = files(&file, &applied);
+    let mut seen = files_off_loop(&file, &applied).await.unwrap_or_default();
     loop {
         tokio::select! {
             _ = query.await_termination() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
-        let now = files(&file, &applied);
+        let Some(now) = files_off_loop(&file, &applied).await else { continue };
         if now == seen {
             continue;
         }
-        let spec = match PipelineSpec::from_file(&file) {
-            Ok(s) => s,
-            Err(e) => {
+        let path = file.clone();
+        let spec = match tokio::task::spawn_blocking(move || PipelineSpec::from_file(&path)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
                 tracing::warn!(file = %file.display(), "the pipeline file does not parse; nothing reloaded: {e}");
                 seen = now;
                 continue;
             }
+            Err(e) => {
+                tracing::warn!(file = %file.display(), "reading the pipeline file failed: {e}");
+                continue;
+            }
         };
-        let fresh = files(&file, &spec);
+        let Some(fresh) = files_off_loop(&file, &spec).await else { continue };
         let changed: BTreeSet<PathBuf> =
             fresh.iter().filter(|(p, h)| seen.get(*p) != Some(*h)).map(|(p, _)| p.clone()).collect();
         let (reloads, restart) = diff(&applied, &spec, &changed);
