@@ -5,13 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-  echo "==> installing the wasm32-wasip2 Rust target"
-  rustup target add wasm32-wasip2 || {
-    echo "error: 'rustup target add wasm32-wasip2' failed; plugins cannot be built without it" >&2
-    exit 1
-  }
-fi
+source scripts/wasm-target.sh
 
 plugins=()
 for dir in plugins/*/; do

@@ -7,13 +7,7 @@ cd "$(dirname "$0")/.."
 echo "==> cargo clippy: host, SDK, tests"
 cargo clippy --release -p sluice -p sluice-sdk -p sluice-tests --all-targets -- -D warnings
 
-if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-  echo "==> installing the wasm32-wasip2 Rust target"
-  rustup target add wasm32-wasip2 || {
-    echo "error: 'rustup target add wasm32-wasip2' failed; plugins cannot be linted without it" >&2
-    exit 1
-  }
-fi
+source scripts/wasm-target.sh
 plugins=()
 for dir in plugins/*/; do
   plugins+=("-p" "$(basename "$dir")")

@@ -696,30 +696,23 @@ fn log_line(state: &mut HostState, level: u8, message: &str) {
     }
 }
 
-impl v0_1::sluice::plugin::log::Host for HostState {
-    fn log(&mut self, level: v0_1::sluice::plugin::log::Level, message: String) {
-        use v0_1::sluice::plugin::log::Level as L;
-        let l = match level {
-            L::Trace => 0,
-            L::Debug => 1,
-            L::Info => 2,
-            L::Warn => 3,
-            L::Error => 4,
-        };
-        log_line(self, l, &message);
-    }
+/// The `log` import of each contract version: the same levels, one generated type per version.
+macro_rules! log_host {
+    ($v:ident) => {
+        impl $v::sluice::plugin::log::Host for HostState {
+            fn log(&mut self, level: $v::sluice::plugin::log::Level, message: String) {
+                use $v::sluice::plugin::log::Level as L;
+                let l = match level {
+                    L::Trace => 0,
+                    L::Debug => 1,
+                    L::Info => 2,
+                    L::Warn => 3,
+                    L::Error => 4,
+                };
+                log_line(self, l, &message);
+            }
+        }
+    };
 }
-
-impl v0_2::sluice::plugin::log::Host for HostState {
-    fn log(&mut self, level: v0_2::sluice::plugin::log::Level, message: String) {
-        use v0_2::sluice::plugin::log::Level as L;
-        let l = match level {
-            L::Trace => 0,
-            L::Debug => 1,
-            L::Info => 2,
-            L::Warn => 3,
-            L::Error => 4,
-        };
-        log_line(self, l, &message);
-    }
-}
+log_host!(v0_1);
+log_host!(v0_2);
