@@ -4,66 +4,35 @@
 use crate::error::{Error, Result};
 use crate::spec::{ClockGrant, Grants};
 
-/// Something a plugin needs from the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Requirement {
-    /// A directory at this guest path, writable or not.
-    Dir {
-        /// The path inside the sandbox, e.g. `/out`.
-        guest: String,
-        /// Whether the plugin writes there.
-        writable: bool,
-    },
-    /// Outbound HTTP to `host:port`.
-    Http(String),
-    /// A socket to `address:port`.
-    Socket(String),
-    /// An environment variable.
-    Env(String),
-    /// The real wall clock.
-    WallClock,
-}
+/// Something a plugin needs from the host: the SDK's type, so host and guests share one
+/// definition (and its `Display`).
+pub use sluice_sdk::Requirement;
 
-impl std::fmt::Display for Requirement {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Requirement::Dir { guest, writable: true } => write!(f, "read-write directory {guest}"),
-            Requirement::Dir { guest, writable: false } => write!(f, "directory {guest} (read-only)"),
-            Requirement::Http(h) => write!(f, "outbound HTTP to {h}"),
-            Requirement::Socket(s) => write!(f, "a socket to {s}"),
-            Requirement::Env(e) => write!(f, "environment variable {e}"),
-            Requirement::WallClock => f.write_str("the real wall clock"),
-        }
+/// The grant that would cover `r`, as written in the pipeline file.
+fn grant_hint(r: &Requirement) -> String {
+    match r {
+        Requirement::Dir { guest, writable } => format!(
+            "grants = {{ dirs = [{{ host = \"<host dir>\", guest = \"{guest}\", read_only = {} }}] }}",
+            !writable
+        ),
+        Requirement::Http(h) => format!("grants = {{ http = [\"{h}\"] }}"),
+        Requirement::Socket(s) => format!("grants = {{ sockets = [\"{s}\"] }}"),
+        Requirement::Env(e) => format!("grants = {{ env = [\"{e}\"] }}"),
+        Requirement::WallClock => "grants = { clock = \"real\" }".to_string(),
     }
 }
 
-impl Requirement {
-    /// The grant that would cover it, as written in the pipeline file.
-    fn grant_hint(&self) -> String {
-        match self {
-            Requirement::Dir { guest, writable } => format!(
-                "grants = {{ dirs = [{{ host = \"<host dir>\", guest = \"{guest}\", read_only = {} }}] }}",
-                !writable
-            ),
-            Requirement::Http(h) => format!("grants = {{ http = [\"{h}\"] }}"),
-            Requirement::Socket(s) => format!("grants = {{ sockets = [\"{s}\"] }}"),
-            Requirement::Env(e) => format!("grants = {{ env = [\"{e}\"] }}"),
-            Requirement::WallClock => "grants = { clock = \"real\" }".to_string(),
-        }
-    }
-
-    fn granted_by(&self, g: &Grants) -> bool {
-        match self {
-            Requirement::Dir { guest, writable } => g.dirs.iter().any(|d| {
-                let covers = path_covers(&d.guest, guest);
-                covers && (!writable || !d.read_only)
-            }),
-            Requirement::Http(h) => g.http.iter().any(|a| host_port_matches(a, h)),
-            Requirement::Socket(s) => g.sockets.iter().any(|a| a.eq_ignore_ascii_case(s.trim())),
-            Requirement::Env(e) => g.env.iter().any(|a| a == e),
-            Requirement::WallClock => g.clock == ClockGrant::Real,
-        }
+/// Whether `g` covers `r`.
+fn granted_by(r: &Requirement, g: &Grants) -> bool {
+    match r {
+        Requirement::Dir { guest, writable } => g.dirs.iter().any(|d| {
+            let covers = path_covers(&d.guest, guest);
+            covers && (!writable || !d.read_only)
+        }),
+        Requirement::Http(h) => g.http.iter().any(|a| host_port_matches(a, h)),
+        Requirement::Socket(s) => g.sockets.iter().any(|a| a.eq_ignore_ascii_case(s.trim())),
+        Requirement::Env(e) => g.env.iter().any(|a| a == e),
+        Requirement::WallClock => g.clock == ClockGrant::Real,
     }
 }
 
@@ -90,11 +59,11 @@ pub(crate) fn host_port_matches(grant: &str, wanted: &str) -> bool {
 /// requirement. `section` says where the plugin is (`[sink]`, `transform 2`).
 pub(crate) fn check(plugin: &str, section: &str, requirements: &[Requirement], grants: &Grants) -> Result<()> {
     for r in requirements {
-        if !r.granted_by(grants) {
+        if !granted_by(r, grants) {
             return Err(Error::MissingGrant {
                 plugin: plugin.to_string(),
                 requirement: r.to_string(),
-                hint: format!("add `{}` to {section}", r.grant_hint()),
+                hint: format!("add `{}` to {section}", grant_hint(r)),
             });
         }
     }

@@ -298,6 +298,19 @@ pub enum Requirement {
     WallClock,
 }
 
+impl std::fmt::Display for Requirement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Requirement::Dir { guest, writable: true } => write!(f, "read-write directory {guest}"),
+            Requirement::Dir { guest, writable: false } => write!(f, "directory {guest} (read-only)"),
+            Requirement::Http(h) => write!(f, "outbound HTTP to {h}"),
+            Requirement::Socket(s) => write!(f, "a socket to {s}"),
+            Requirement::Env(e) => write!(f, "environment variable {e}"),
+            Requirement::WallClock => f.write_str("the real wall clock"),
+        }
+    }
+}
+
 /// Log levels for [`log`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
