@@ -21,6 +21,10 @@ use crate::plugin::{CallContext, PluginRuntime, Role, RuntimeConfig, default_cac
 use crate::spec::{PluginLimits, PluginSpec};
 use crate::{OutputMode, Session, Trigger};
 
+mod growth;
+
+pub use growth::state_child;
+
 const VOCABULARY: usize = 5000;
 
 fn word(i: u64) -> String {
@@ -38,9 +42,9 @@ fn word(i: u64) -> String {
     s
 }
 
-/// Writes `lines` lines of text over 20 files in `dir` (once; reused if already there).
-fn generate(dir: &Path, lines: usize) -> Result<u64> {
-    let marker = dir.join(format!("_lines_{lines}"));
+/// Writes `lines` lines of text over `files` files in `dir` (once; reused if already there).
+fn generate(dir: &Path, lines: usize, files: usize) -> Result<u64> {
+    let marker = dir.join(format!("_lines_{lines}_{files}"));
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| Error::Io { path: p, source }
@@ -52,8 +56,8 @@ fn generate(dir: &Path, lines: usize) -> Result<u64> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let words: Vec<String> = (0..VOCABULARY as u64).map(word).collect();
         let mut x: u64 = 0x9E3779B97F4A7C15;
-        let per_file = lines.div_ceil(20);
-        for f in 0..20 {
+        let per_file = lines.div_ceil(files);
+        for f in 0..files {
             let mut text = String::with_capacity(per_file * 48);
             for _ in 0..per_file.min(lines.saturating_sub(f * per_file)) {
                 x ^= x << 13;
@@ -71,7 +75,7 @@ fn generate(dir: &Path, lines: usize) -> Result<u64> {
                 }
                 text.push('\n');
             }
-            let path = dir.join(format!("part-{f:02}.txt"));
+            let path = dir.join(format!("part-{f:04}.txt"));
             std::fs::write(&path, text).map_err(io(&path))?;
         }
         std::fs::write(&marker, b"").map_err(io(&marker))?;
@@ -146,10 +150,15 @@ fn plugin_path(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
     Ok(p)
 }
 
-/// Runs the benchmark sections (`wordcount`, `boundary`, `roles`; all when `only` is empty)
-/// and prints the results.
-pub async fn run(lines: usize, plugins: &Path, dir: &Path, only: &[String]) -> Result<()> {
+/// Runs the benchmark sections (`wordcount`, `boundary`, `roles`, `state`, `growth`; all when
+/// `only` is empty) and prints the results. `max_keys` caps the `state` section's sizes.
+pub async fn run(lines: usize, plugins: &Path, dir: &Path, only: &[String], max_keys: u64) -> Result<()> {
     let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    const SECTIONS: [&str; 5] = ["wordcount", "boundary", "roles", "state", "growth"];
+    if let Some(bad) = only.iter().find(|o| !SECTIONS.contains(&o.as_str())) {
+        let message = format!("unknown bench section {bad:?}; the sections are {}", SECTIONS.join(", "));
+        return Err(Error::Config { location: None, message });
+    }
     if want("wordcount") {
         wordcount_section(lines, plugins, dir).await?;
     }
@@ -159,13 +168,19 @@ pub async fn run(lines: usize, plugins: &Path, dir: &Path, only: &[String]) -> R
     if want("roles") {
         roles(plugins, dir).await?;
     }
+    if want("state") {
+        growth::state(dir, max_keys).await?;
+    }
+    if want("growth") {
+        growth::growth(dir, lines, &plugin_path(plugins, "split_words")?).await?;
+    }
     Ok(())
 }
 
 async fn wordcount_section(lines: usize, plugins: &Path, dir: &Path) -> Result<()> {
     let split_words = plugin_path(plugins, "split_words")?;
     println!("generating {lines} lines over 20 files in {} ...", dir.display());
-    let bytes = generate(dir, lines)?;
+    let bytes = generate(dir, lines, 20)?;
     let mb = bytes as f64 / (1 << 20) as f64;
     let session = Session::try_new()?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

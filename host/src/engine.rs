@@ -176,6 +176,19 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
         saved: std::collections::HashSet::new(),
         restore_after: Vec::new(),
     };
+    let result = drive(&mut r, &cancel).await;
+    // State written in the background (snapshots) lands before the query reports it stopped.
+    let mut flushed = Ok(());
+    for step in &mut r.q.steps {
+        if let Step::Sql(s) = step {
+            flushed = flushed.and(s.flush_state().await);
+        }
+    }
+    result.and(flushed)
+}
+
+/// The trigger loop, until the query stops or fails.
+async fn drive(r: &mut Runner, cancel: &CancellationToken) -> Result<()> {
     loop {
         if cancel.is_cancelled() {
             return Ok(());
@@ -416,7 +429,7 @@ impl Runner {
                 }
                 Step::Sql(s) => {
                     let input = current.into_iter().map(|(_, b)| b).collect();
-                    let out = s.process(self.batch_id, input, self.q.mode).await?;
+                    let out = s.process(self.batch_id, b.timestamp_ms, input, self.q.mode).await?;
                     if let Some(m) = s.state_metrics() {
                         state_ops.push(StateOperatorProgress {
                             operator_name: "stateStoreSave".into(),

@@ -57,9 +57,19 @@ enum Command {
         /// Records for the Kafka benchmark.
         #[arg(long, default_value_t = 1_000_000)]
         records: usize,
-        /// Run only these sections: wordcount, boundary, roles (repeatable; default: all).
+        /// Run only these sections: wordcount, boundary, roles, state, growth (repeatable;
+        /// default: all).
         #[arg(long)]
         only: Vec<String>,
+        /// The largest state the `state` section fills (keys).
+        #[arg(long, default_value_t = 10_000_000)]
+        max_keys: u64,
+        /// Internal: one run of the `state` section with this many keys, in this process.
+        #[arg(long, hide = true)]
+        state_child: Option<u64>,
+        /// Internal: the `--state-child` run keeps a checkpoint.
+        #[arg(long, hide = true)]
+        state_checkpoint: bool,
     },
 }
 
@@ -291,6 +301,11 @@ async fn run(command: Command) -> sluice::Result<()> {
         Command::Bench { kafka: Some(bootstrap), records, plugins, dir, .. } => {
             sluice::kafka::bench::run(&bootstrap, records, &plugins, &dir).await
         }
-        Command::Bench { lines, plugins, dir, only, .. } => sluice::bench::run(lines, &plugins, &dir, &only).await,
+        Command::Bench { dir, state_child: Some(keys), state_checkpoint, .. } => {
+            sluice::bench::state_child(&dir, keys, state_checkpoint).await
+        }
+        Command::Bench { lines, plugins, dir, only, max_keys, .. } => {
+            sluice::bench::run(lines, &plugins, &dir, &only, max_keys).await
+        }
     }
 }

@@ -18,8 +18,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
-use arrow_schema::{Field, Schema, SchemaRef};
+use arrow_array::{ArrayRef, BinaryArray, BooleanArray, RecordBatch};
+use arrow_row::{RowConverter, SortField};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::Dialect;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -35,8 +36,6 @@ use datafusion::optimizer::Optimizer;
 use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr, create_physical_expr};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
-use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Ident, ObjectName, ObjectNamePart, visit_expressions_mut};
 
@@ -48,6 +47,10 @@ use crate::state::StateStore;
 type AggregateWithFilter = (Arc<AggregateFunctionExpr>, Option<Arc<dyn PhysicalExpr>>);
 
 mod functions;
+mod state_table;
+
+use functions::BatchClock;
+use state_table::StateTable;
 
 /// Batches shared between the engine and a table the plan scans.
 #[derive(Debug, Clone, Default)]
@@ -109,6 +112,8 @@ impl TableProvider for SlotTable {
 pub(crate) struct SqlStep {
     index: usize,
     ctx: SessionContext,
+    /// The running batch's timestamp, read by `now()` / `current_timestamp()`.
+    clock: BatchClock,
     input: Slot,
     output_schema: SchemaRef,
     kind: Kind,
@@ -119,7 +124,7 @@ enum Kind {
     Aggregate(Box<Aggregator>),
 }
 
-fn new_context() -> SessionContext {
+fn new_context(clock: &BatchClock) -> SessionContext {
     let parallelism = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut config = SessionConfig::new().with_target_partitions(parallelism).with_information_schema(false);
     config.options_mut().sql_parser.dialect = Dialect::MySQL;
@@ -130,7 +135,7 @@ fn new_context() -> SessionContext {
     let state =
         SessionStateBuilder::new().with_config(config).with_default_features().with_optimizer_rules(rules).build();
     let ctx = SessionContext::new_with_state(state);
-    functions::register(&ctx);
+    functions::register(&ctx, clock);
     ctx
 }
 
@@ -186,7 +191,8 @@ impl SqlStep {
     pub(crate) async fn try_new(index: usize, query: &str, input_schema: SchemaRef, mode: OutputMode) -> Result<Self> {
         let sql_err = |source| Error::Sql { step: index, source };
         let unsupported = |message: String| Error::Unsupported { step: index, message };
-        let ctx = new_context();
+        let clock = BatchClock::default();
+        let ctx = new_context(&clock);
         let input = Slot::default();
         let partitions = ctx.state().config().target_partitions();
         ctx.register_table(
@@ -245,7 +251,7 @@ impl SqlStep {
                 ));
             }
         };
-        Ok(SqlStep { index, ctx, input, output_schema, kind })
+        Ok(SqlStep { index, ctx, clock, input, output_schema, kind })
     }
 
     /// Whether this step keeps state across batches (has an aggregation).
@@ -258,16 +264,19 @@ impl SqlStep {
         self.output_schema.clone()
     }
 
-    /// Runs the step on batch `batch_id`. For an aggregation, returns what `mode` says to emit
-    /// and, with a state store attached, commits state version `batch_id + 1`.
+    /// Runs the step on batch `batch_id`, whose timestamp (`now()`, `current_timestamp()`) is
+    /// `timestamp_ms`. For an aggregation, returns what `mode` says to emit and, with a state
+    /// store attached, commits state version `batch_id + 1`.
     pub(crate) async fn process(
         &mut self,
         batch_id: u64,
+        timestamp_ms: i64,
         input: Vec<RecordBatch>,
         mode: OutputMode,
     ) -> Result<Vec<RecordBatch>> {
         let index = self.index;
         let sql_err = |source| Error::Sql { step: index, source };
+        self.clock.set(timestamp_ms);
         self.input.set(input);
         let out = match &mut self.kind {
             Kind::Stateless(plan) => execute(&self.ctx, plan).await.map_err(sql_err),
@@ -275,13 +284,10 @@ impl SqlStep {
                 Err(e) => Err(e),
                 Ok((out, delta)) => {
                     let started = std::time::Instant::now();
-                    if let Some(store) = agg.store.clone() {
-                        let schema = agg.state_schema().map_err(sql_err)?;
-                        let delta = match delta {
-                            Some(d) => d,
-                            None => RecordBatch::new_empty(schema.clone()),
-                        };
-                        store.commit(batch_id + 1, &schema, &delta, || agg.full_state().map_err(sql_err)).await?;
+                    if let Some(store) = &agg.store {
+                        let schema = &agg.state_schema;
+                        let delta = delta.unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
+                        store.commit(batch_id + 1, schema, &delta, || agg.snapshot()).await?;
                     }
                     agg.commit_ms = started.elapsed().as_millis() as u64;
                     Ok(out)
@@ -290,6 +296,17 @@ impl SqlStep {
         };
         self.input.set(Vec::new());
         out
+    }
+
+    /// Waits for state written in the background (a snapshot) and reports its error, if any.
+    pub(crate) async fn flush_state(&mut self) -> Result<()> {
+        match &self.kind {
+            Kind::Aggregate(agg) => match &agg.store {
+                Some(store) => store.flush().await,
+                None => Ok(()),
+            },
+            Kind::Stateless(_) => Ok(()),
+        }
     }
 
     /// Attaches durable state: checks the stored fingerprint against this query's and loads
@@ -313,7 +330,8 @@ impl SqlStep {
             None => store.write_schema_fingerprint(&now).await?,
         }
         let rows = store.load(version).await?;
-        agg.restore(&rows).map_err(|source| Error::Sql { step: index, source })?;
+        let rows = crate::state::last_per_key(&agg.state_schema, &rows, agg.group_exprs.len())?;
+        agg.restore(rows).map_err(|source| Error::Sql { step: index, source })?;
         agg.store = Some(store);
         Ok(())
     }
@@ -352,7 +370,10 @@ pub(crate) struct StateMetrics {
     pub(crate) commit_time_ms: u64,
 }
 
-/// An incremental grouped aggregation: group keys plus one accumulator per aggregate.
+/// An incremental grouped aggregation over a [`StateTable`] (group keys in Arrow's row format,
+/// each aggregate's state fields). A batch interns its keys, gathers the state rows of the groups
+/// it touches, merges its rows into fresh DataFusion `GroupsAccumulator`s over just those
+/// groups, and appends their new state rows: its cost follows the batch, not the state.
 struct Aggregator {
     /// The plan below the aggregation (reads the `input` slot).
     below: LogicalPlan,
@@ -360,21 +381,33 @@ struct Aggregator {
     above: LogicalPlan,
     out: Slot,
     out_schema: SchemaRef,
-    /// The aggregate's output column names (group keys, then aggregates).
-    names: Vec<String>,
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
     aggs: Vec<AggregateWithFilter>,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
-    /// Group keys to group ids (DataFusion's own hash tables); `None` for a global aggregate.
-    groups: Option<Box<dyn GroupValues>>,
-    /// Number of groups (1 for a global aggregate once it has seen a row).
-    num_groups: usize,
-    touched: Vec<bool>,
-    touched_list: Vec<u32>,
+    /// Each aggregate's first field among the state fields, and its number of state fields.
+    state_cols: Vec<(usize, usize)>,
+    /// Group keys to and from the binary keys of the state table; `None` for a global aggregate.
+    converter: Option<Arc<RowConverter>>,
+    /// Group keys then each aggregate's state fields: the rows the state store keeps.
+    state_schema: SchemaRef,
+    table: StateTable,
+    /// Per group id, its index among the current batch's groups (`u32::MAX`: not touched).
+    local_of: Vec<u32>,
     last_updated: u64,
     /// Durable state, when the query has a checkpoint.
     store: Option<StateStore>,
     commit_ms: u64,
+}
+
+/// What one batch has touched so far.
+struct Touched {
+    /// Group ids, in the order the batch first saw them (their local index).
+    gids: Vec<u32>,
+    /// Where each group's key was first seen: (input batch, row).
+    key_at: Vec<(usize, usize)>,
+    /// The key columns of each input batch.
+    keys: Vec<Vec<ArrayRef>>,
+    /// One accumulator per aggregate over the local indices.
+    accs: Vec<Box<dyn GroupsAccumulator>>,
 }
 
 fn group_accumulator(agg: &Arc<AggregateFunctionExpr>) -> datafusion::error::Result<Box<dyn GroupsAccumulator>> {
@@ -414,8 +447,6 @@ impl Aggregator {
             let lowered = LoweredAggregateBuilder::new(e, below_df, &below_arrow, &props, &pctx).build()?;
             aggs.push((lowered.aggregate, lowered.filter));
         }
-        let accumulators =
-            aggs.iter().map(|(f, _)| group_accumulator(f)).collect::<datafusion::error::Result<Vec<_>>>()?;
 
         // The aggregate's output, as a table with plain column names...
         let agg_df = agg.schema.clone();
@@ -450,60 +481,99 @@ impl Aggregator {
             })?
             .data;
 
-        let key_schema = Arc::new(Schema::new(
-            agg_df.fields().iter().take(group_exprs.len()).map(|f| f.as_ref().clone()).collect::<Vec<_>>(),
-        ));
-        let groups =
-            if group_exprs.is_empty() { None } else { Some(new_group_values(key_schema, &GroupOrdering::None)?) };
-        let names = agg_df.fields().iter().map(|f| f.name().clone()).collect();
+        let nk = group_exprs.len();
+        let converter = if nk == 0 {
+            None
+        } else {
+            let fields = out_schema.fields().iter().take(nk).map(|f| SortField::new(f.data_type().clone())).collect();
+            Some(Arc::new(RowConverter::new(fields)?))
+        };
+        let names: Vec<String> = agg_df.fields().iter().map(|f| f.name().clone()).collect();
+        let state_schema = state_schema(&out_schema, &names, nk, &aggs)?;
+        let mut page_fields = vec![Field::new("key", DataType::Binary, false)];
+        page_fields.extend(state_schema.fields().iter().skip(nk).map(|f| f.as_ref().clone()));
+        let mut state_cols = Vec::with_capacity(aggs.len());
+        let mut col = 0;
+        for (agg, _) in &aggs {
+            let width = agg.state_fields()?.len();
+            state_cols.push((col, width));
+            col += width;
+        }
         Ok(Aggregator {
             below,
             above,
             out,
             out_schema,
-            names,
             group_exprs,
             aggs,
-            accumulators,
-            groups,
-            num_groups: 0,
-            touched: Vec::new(),
-            touched_list: Vec::new(),
+            state_cols,
+            converter,
+            table: StateTable::new(Arc::new(Schema::new(page_fields))),
+            state_schema,
+            local_of: Vec::new(),
             last_updated: 0,
             store: None,
             commit_ms: 0,
         })
     }
 
-    fn update(&mut self, batch: &RecordBatch) -> datafusion::error::Result<()> {
+    fn fresh_accumulators(&self) -> datafusion::error::Result<Vec<Box<dyn GroupsAccumulator>>> {
+        self.aggs.iter().map(|(f, _)| group_accumulator(f)).collect()
+    }
+
+    /// Feeds one input batch: interns its keys, brings in the state of groups this batch has
+    /// not seen yet, then updates the accumulators with its rows.
+    fn update(&mut self, t: &mut Touched, batch: &RecordBatch) -> datafusion::error::Result<()> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
         }
-        let mut idx: Vec<usize> = Vec::with_capacity(n);
-        match &mut self.groups {
-            Some(groups) => {
+        let mut gids: Vec<usize> = Vec::with_capacity(n);
+        match &self.converter {
+            Some(converter) => {
                 let cols = self
                     .group_exprs
                     .iter()
                     .map(|e| e.evaluate(batch)?.into_array(n))
                     .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
-                groups.intern(&cols, &mut idx)?;
-                self.num_groups = groups.len();
+                let cols = conform_columns(&self.state_schema, cols)?;
+                let rows = converter.convert_columns(&cols)?;
+                self.table.intern(rows.iter().map(|r| r.data()), &mut gids);
+                t.keys.push(cols);
             }
             None => {
-                self.num_groups = 1;
-                idx.resize(n, 0);
+                self.table.intern(std::iter::once(&[][..]), &mut gids);
+                gids.resize(n, gids[0]);
+                t.keys.push(Vec::new());
             }
         }
-        self.touched.resize(self.num_groups, false);
-        for &g in &idx {
-            if !self.touched[g] {
-                self.touched[g] = true;
-                self.touched_list.push(g as u32);
-            }
+        let num_groups = self.table.num_gids();
+        if self.local_of.len() < num_groups {
+            self.local_of.resize(num_groups, u32::MAX);
         }
-        for ((agg, filter), acc) in self.aggs.iter().zip(self.accumulators.iter_mut()) {
+        let input = t.keys.len() - 1;
+        let (mut known, mut known_local) = (Vec::new(), Vec::new());
+        let mut local = Vec::with_capacity(n);
+        for (row, &g) in gids.iter().enumerate() {
+            let mut l = self.local_of[g];
+            if l == u32::MAX {
+                l = t.gids.len() as u32;
+                self.local_of[g] = l;
+                t.gids.push(g as u32);
+                t.key_at.push((input, row));
+                if self.table.contains(g as u32) {
+                    known.push(g as u32);
+                    known_local.push(l as usize);
+                }
+            }
+            local.push(l as usize);
+        }
+        let k = t.gids.len();
+        let before = if known.is_empty() { None } else { Some(self.table.get(&known)?) };
+        for (((agg, filter), acc), (col, width)) in self.aggs.iter().zip(t.accs.iter_mut()).zip(&self.state_cols) {
+            if let Some(before) = &before {
+                acc.merge_batch(&before.columns()[1 + col..1 + col + width], &known_local, k)?;
+            }
             let values = agg
                 .expressions()
                 .iter()
@@ -518,73 +588,42 @@ impl Aggregator {
                 }
                 None => None,
             };
-            acc.update_batch(&values, &idx, filter.as_ref(), self.num_groups)?;
+            acc.update_batch(&values, &local, filter.as_ref(), k)?;
         }
         Ok(())
     }
 
-    /// Every group's accumulator state, without disturbing the running accumulators.
-    fn states(&mut self) -> datafusion::error::Result<Vec<Vec<ArrayRef>>> {
-        let n = self.num_groups;
+    /// The touched groups' new state rows, in local order: as the state store keeps them
+    /// (typed keys) and as the state table does (binary keys).
+    fn touched_rows(&self, t: &mut Touched) -> datafusion::error::Result<(RecordBatch, RecordBatch)> {
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.state_schema.fields().len());
+        for key in 0..self.group_exprs.len() {
+            let arrays: Vec<&dyn arrow_array::Array> = t.keys.iter().map(|k| k[key].as_ref()).collect();
+            cols.push(arrow_select::interleave::interleave(&arrays, &t.key_at)?);
+        }
+        let mut states = Vec::new();
+        for acc in t.accs.iter_mut() {
+            states.extend(acc.state(EmitTo::All)?);
+        }
+        let n = t.gids.len();
+        let mut page: Vec<ArrayRef> = vec![Arc::new(self.table.keys(&t.gids))];
+        page.extend(states.iter().cloned());
+        cols.extend(states);
+        Ok((conform(&self.state_schema, cols, n)?, conform(&self.table.schema(), page, n)?))
+    }
+
+    /// Output rows (keys, then each aggregate's value) from state rows.
+    fn finalize(&self, rows: &RecordBatch) -> datafusion::error::Result<RecordBatch> {
+        let n = rows.num_rows();
         let idx: Vec<usize> = (0..n).collect();
-        let mut out = Vec::with_capacity(self.accumulators.len());
-        for acc in self.accumulators.iter_mut() {
-            let state = acc.state(EmitTo::All)?;
-            acc.merge_batch(&state, &idx, n)?;
-            out.push(state);
-        }
-        Ok(out)
-    }
-
-    /// Final values computed from `states`.
-    fn evaluate(&self, states: &[Vec<ArrayRef>]) -> datafusion::error::Result<Vec<ArrayRef>> {
-        let n = self.num_groups;
-        let idx: Vec<usize> = (0..n).collect();
-        let mut out = Vec::with_capacity(states.len());
-        for ((agg, _), state) in self.aggs.iter().zip(states) {
-            let mut copy = group_accumulator(agg)?;
-            copy.merge_batch(state, &idx, n)?;
-            out.push(copy.evaluate(EmitTo::All)?);
-        }
-        Ok(out)
-    }
-
-    /// The group keys, in group-id order, without disturbing the table.
-    fn keys(&mut self) -> datafusion::error::Result<Vec<ArrayRef>> {
-        match &mut self.groups {
-            Some(groups) => {
-                // Emitting drains the table; interning the keys again in the same order gives
-                // them back the same ids.
-                let keys = groups.emit(EmitTo::All)?;
-                let mut ids = Vec::with_capacity(self.num_groups);
-                groups.intern(&keys, &mut ids)?;
-                debug_assert!(ids.iter().enumerate().all(|(i, g)| i == *g));
-                Ok(keys)
-            }
-            None => Ok(Vec::new()),
-        }
-    }
-
-    /// The schema of state rows: the group keys, then each aggregate's state fields.
-    fn state_schema(&self) -> datafusion::error::Result<SchemaRef> {
         let nk = self.group_exprs.len();
-        let mut fields: Vec<Field> = self
-            .out_schema
-            .fields()
-            .iter()
-            .zip(&self.names)
-            .take(nk)
-            .map(|(f, name)| f.as_ref().clone().with_name(name))
-            .collect();
-        for (i, (agg, _)) in self.aggs.iter().enumerate() {
-            for f in agg.state_fields()? {
-                // `count(*)[count]`, `avg(x)[sum]`: the output column and the state field.
-                let part = f.name().rsplit_once('[').map(|(_, p)| p.trim_end_matches(']')).unwrap_or(f.name());
-                fields.push(Field::new(format!("{}[{part}]", self.names[nk + i]), f.data_type().clone(), true));
-            }
+        let mut cols: Vec<ArrayRef> = rows.columns()[..nk].to_vec();
+        for ((agg, _), (col, width)) in self.aggs.iter().zip(&self.state_cols) {
+            let mut acc = group_accumulator(agg)?;
+            acc.merge_batch(&rows.columns()[nk + col..nk + col + width], &idx, n)?;
+            cols.push(acc.evaluate(EmitTo::All)?);
         }
-        let metadata = [(crate::state::KEYS_METADATA.to_string(), self.group_exprs.len().to_string())].into();
-        Ok(Arc::new(Schema::new_with_metadata(fields, metadata)))
+        conform(&self.out_schema, cols, n)
     }
 
     /// What the state's layout depends on: group key types and aggregate functions. A restart
@@ -593,155 +632,154 @@ impl Aggregator {
         let keys: Vec<String> =
             self.out_schema.fields().iter().take(self.group_exprs.len()).map(|f| f.data_type().to_string()).collect();
         let aggs: Vec<String> = self.aggs.iter().map(|(a, _)| a.fun().name().to_string()).collect();
-        let state = self
-            .state_schema()
-            .map(|s| s.fields().iter().map(|f| f.data_type().to_string()).collect::<Vec<_>>().join(","))
-            .unwrap_or_default();
+        let state = self.state_schema.fields().iter().map(|f| f.data_type().to_string()).collect::<Vec<_>>().join(",");
         format!("keys=[{}] aggregates=[{}] state=[{state}]", keys.join(","), aggs.join(","))
     }
 
-    /// Rows of state: keys then states, for the given groups (all if `None`).
-    fn state_rows(
-        &self,
-        keys: &[ArrayRef],
-        states: &[Vec<ArrayRef>],
-        only: Option<&[u32]>,
-    ) -> datafusion::error::Result<RecordBatch> {
-        let schema = self.state_schema()?;
-        let mut cols: Vec<ArrayRef> = keys.to_vec();
-        for st in states {
-            cols.extend(st.iter().cloned());
-        }
-        let cols = cols
-            .into_iter()
-            .zip(schema.fields())
-            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { arrow_cast::cast(&c, f.data_type()) })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let opts = arrow_array::RecordBatchOptions::new().with_row_count(Some(self.num_groups));
-        let batch = RecordBatch::try_new_with_options(schema, cols, &opts)?;
-        match only {
-            None => Ok(batch),
-            Some(ids) => {
-                Ok(arrow_select::take::take_record_batch(&batch, &arrow_array::UInt32Array::from(ids.to_vec()))?)
-            }
-        }
-    }
-
-    /// Replaces the state with `rows` (state rows in order; the last row per key wins).
-    fn restore(&mut self, rows: &[RecordBatch]) -> datafusion::error::Result<()> {
-        let schema = self.state_schema()?;
-        let all = arrow_select::concat::concat_batches(&schema, rows)?;
+    /// Replaces the state with `rows`: state rows (typed keys) with one row per key.
+    fn restore(&mut self, rows: RecordBatch) -> datafusion::error::Result<()> {
         let nk = self.group_exprs.len();
-        let n = all.num_rows();
-        // Resolve last-wins per key with a scratch table.
-        let (last, num): (Vec<usize>, usize) = match &self.groups {
-            Some(_) => {
-                let key_schema = Arc::new(Schema::new(
-                    schema.fields().iter().take(nk).map(|f| f.as_ref().clone()).collect::<Vec<_>>(),
-                ));
-                let mut scratch = new_group_values(key_schema, &GroupOrdering::None)?;
-                let mut ids = Vec::with_capacity(n);
-                scratch.intern(&all.columns()[..nk], &mut ids)?;
-                let mut last = vec![0usize; scratch.len()];
-                for (row, g) in ids.iter().enumerate() {
-                    last[*g] = row;
-                }
-                let num = last.len();
-                (last, num)
-            }
-            None if n > 0 => (vec![n - 1], 1),
-            None => (Vec::new(), 0),
+        let n = rows.num_rows();
+        let keys: BinaryArray = match &self.converter {
+            Some(c) => c.convert_columns(&rows.columns()[..nk])?.try_into_binary()?,
+            None => std::iter::repeat_n(Some(&[][..]), n).collect(),
         };
-        let picked = arrow_select::take::take_record_batch(
-            &all,
-            &arrow_array::UInt32Array::from(last.iter().map(|r| *r as u32).collect::<Vec<_>>()),
-        )?;
-        self.accumulators =
-            self.aggs.iter().map(|(f, _)| group_accumulator(f)).collect::<datafusion::error::Result<Vec<_>>>()?;
-        let mut idx = Vec::with_capacity(num);
-        if let Some(groups) = &mut self.groups {
-            groups.clear_shrink(0);
-            groups.intern(&picked.columns()[..nk], &mut idx)?;
-        } else {
-            idx = (0..num).collect();
+        self.table = StateTable::new(self.table.schema());
+        let mut ids = Vec::with_capacity(n);
+        self.table.intern(keys.iter().map(Option::unwrap_or_default), &mut ids);
+        let mut page: Vec<ArrayRef> = vec![Arc::new(keys)];
+        page.extend(rows.columns()[nk..].iter().cloned());
+        let page = conform(&self.table.schema(), page, n)?;
+        // In pages of at most PAGE_ROWS, as the table would have built them.
+        for (i, gids) in ids.chunks(state_table::PAGE_ROWS).enumerate() {
+            let rows = page.slice(i * state_table::PAGE_ROWS, gids.len());
+            self.table.append(gids.iter().map(|g| *g as u32).collect(), rows)?;
         }
-        self.num_groups = num;
-        let mut col = nk;
-        for ((agg, _), acc) in self.aggs.iter().zip(self.accumulators.iter_mut()) {
-            let width = agg.state_fields()?.len();
-            let st: Vec<ArrayRef> = picked.columns()[col..col + width].to_vec();
-            acc.merge_batch(&st, &idx, num)?;
-            col += width;
-        }
-        self.touched = vec![false; num];
-        self.touched_list.clear();
+        self.local_of.clear();
         Ok(())
     }
 
+    /// A snapshot of the state, built off the loop: the table's pages (shared), turned into
+    /// state rows with typed keys one page at a time as they are written.
+    fn snapshot(&self) -> crate::state::Snapshot {
+        let pages = self.table.pages();
+        let converter = self.converter.clone();
+        let schema = self.state_schema.clone();
+        Box::new(pages.into_iter().map(move |p| Ok(typed_rows(converter.as_deref(), &schema, &p)?)))
+    }
+
+    /// Runs the batch in the `input` slot: returns what `mode` emits and, with a state store,
+    /// the delta (the touched groups' new state rows).
     async fn process(
         &mut self,
         ctx: &SessionContext,
         mode: OutputMode,
     ) -> datafusion::error::Result<(Vec<RecordBatch>, Option<RecordBatch>)> {
+        let mut t =
+            Touched { gids: Vec::new(), key_at: Vec::new(), keys: Vec::new(), accs: self.fresh_accumulators()? };
+        let result = self.process_touched(ctx, mode, &mut t).await;
+        for g in &t.gids {
+            self.local_of[*g as usize] = u32::MAX;
+        }
+        result
+    }
+
+    async fn process_touched(
+        &mut self,
+        ctx: &SessionContext,
+        mode: OutputMode,
+        t: &mut Touched,
+    ) -> datafusion::error::Result<(Vec<RecordBatch>, Option<RecordBatch>)> {
         for b in execute(ctx, &self.below).await? {
-            self.update(&b)?;
+            self.update(t, &b)?;
         }
-        self.last_updated = self.touched_list.len() as u64;
-        if self.num_groups == 0 || (mode != OutputMode::Complete && self.touched_list.is_empty()) {
-            self.reset_touched();
-            return Ok((Vec::new(), None));
+        self.last_updated = t.gids.len() as u64;
+        let mut delta = None;
+        let mut emit = None;
+        if !t.gids.is_empty() {
+            let (rows, page) = self.touched_rows(t)?;
+            self.table.append(t.gids.clone(), page)?;
+            if self.store.is_some() {
+                delta = Some(rows.clone());
+            }
+            emit = Some(rows);
         }
-        let keys = self.keys()?;
-        let states = self.states()?;
-        let mut changed = self.touched_list.clone();
-        changed.sort_unstable();
-        // The changed keys' state rows, only when a state store will keep them.
-        let delta = match self.store {
-            Some(_) => Some(self.state_rows(&keys, &states, Some(&changed))?),
-            None => None,
+        let emit = match mode {
+            OutputMode::Complete if self.table.len() > 0 => {
+                Some(typed_rows(self.converter.as_deref(), &self.state_schema, &self.table.all()?)?)
+            }
+            OutputMode::Complete => None,
+            _ => emit,
         };
-        let mut columns = keys;
-        columns.extend(self.evaluate(&states)?);
-        let columns = columns
-            .into_iter()
-            .zip(self.out_schema.fields())
-            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { arrow_cast::cast(&c, f.data_type()) })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let opts = arrow_array::RecordBatchOptions::new().with_row_count(Some(self.num_groups));
-        let mut batch = RecordBatch::try_new_with_options(self.out_schema.clone(), columns, &opts)?;
-        if mode == OutputMode::Update {
-            let indices = arrow_array::UInt32Array::from(changed);
-            batch = arrow_select::take::take_record_batch(&batch, &indices)?;
-        }
-        self.reset_touched();
-        self.out.set(vec![batch]);
+        let Some(emit) = emit else { return Ok((Vec::new(), delta)) };
+        self.out.set(vec![self.finalize(&emit)?]);
         let result = execute(ctx, &self.above).await;
         self.out.set(Vec::new());
         Ok((result?, delta))
     }
 
-    /// Every key's state, for a snapshot.
-    fn full_state(&mut self) -> datafusion::error::Result<RecordBatch> {
-        let keys = self.keys()?;
-        let states = self.states()?;
-        self.state_rows(&keys, &states, None)
-    }
-
-    fn reset_touched(&mut self) {
-        for &g in &self.touched_list {
-            self.touched[g as usize] = false;
-        }
-        self.touched_list.clear();
-    }
-
     fn metrics(&self) -> StateMetrics {
-        let acc: usize = self.accumulators.iter().map(|a| a.size()).sum();
-        let keys = self.groups.as_ref().map(|g| g.size()).unwrap_or(0);
         StateMetrics {
-            num_rows_total: self.num_groups as u64,
+            num_rows_total: self.table.len() as u64,
             num_rows_updated: self.last_updated,
-            memory_used_bytes: (acc + keys) as u64,
+            memory_used_bytes: (self.table.memory() + self.local_of.capacity() * 4) as u64,
             commit_time_ms: self.commit_ms,
         }
     }
+}
+
+/// State table rows (binary keys, state fields) as state rows (typed keys, state fields).
+fn typed_rows(
+    converter: Option<&RowConverter>,
+    schema: &SchemaRef,
+    page: &RecordBatch,
+) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    if let Some(c) = converter {
+        let keys = page.column(0).as_any().downcast_ref::<BinaryArray>().ok_or_else(|| {
+            arrow_schema::ArrowError::SchemaError("state table rows must start with binary keys".into())
+        })?;
+        let parser = c.parser();
+        // The bytes came from this converter (`convert_columns`), never from outside.
+        cols.extend(c.convert_rows(keys.iter().map(|k| parser.parse(k.unwrap_or_default())))?);
+    }
+    cols.extend(page.columns()[1..].iter().cloned());
+    let opts = arrow_array::RecordBatchOptions::new().with_row_count(Some(page.num_rows()));
+    RecordBatch::try_new_with_options(schema.clone(), cols, &opts)
+}
+
+/// Columns cast to the types of `schema`'s first fields where they differ.
+fn conform_columns(schema: &SchemaRef, cols: Vec<ArrayRef>) -> datafusion::error::Result<Vec<ArrayRef>> {
+    Ok(cols
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { arrow_cast::cast(&c, f.data_type()) })
+        .collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
+/// Columns cast to `schema`'s types where they differ, as a batch of `rows` rows.
+fn conform(schema: &SchemaRef, cols: Vec<ArrayRef>, rows: usize) -> datafusion::error::Result<RecordBatch> {
+    let cols = conform_columns(schema, cols)?;
+    let opts = arrow_array::RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(RecordBatch::try_new_with_options(schema.clone(), cols, &opts)?)
+}
+
+/// The schema of state rows: the group keys, then each aggregate's state fields.
+fn state_schema(
+    out_schema: &SchemaRef,
+    names: &[String],
+    nk: usize,
+    aggs: &[AggregateWithFilter],
+) -> datafusion::error::Result<SchemaRef> {
+    let mut fields: Vec<Field> =
+        out_schema.fields().iter().zip(names).take(nk).map(|(f, name)| f.as_ref().clone().with_name(name)).collect();
+    for (i, (agg, _)) in aggs.iter().enumerate() {
+        for f in agg.state_fields()? {
+            // `count(*)[count]`, `avg(x)[sum]`: the output column and the state field.
+            let part = f.name().rsplit_once('[').map(|(_, p)| p.trim_end_matches(']')).unwrap_or(f.name());
+            fields.push(Field::new(format!("{}[{part}]", names[nk + i]), f.data_type().clone(), true));
+        }
+    }
+    let metadata = [(crate::state::KEYS_METADATA.to_string(), nk.to_string())].into();
+    Ok(Arc::new(Schema::new_with_metadata(fields, metadata)))
 }

@@ -2,16 +2,23 @@
 //!
 //! Version V is the state after batches 0..V-1. Batch N loads version N and writes version N+1
 //! as a **delta** (`state/<op>/<part>/<N+1>.delta`: the rows of the keys batch N changed), plus,
-//! every `min_deltas_for_snapshot` versions, a **snapshot** (`<V>.snapshot`: every key). Both
-//! are Arrow IPC files (a torn file fails to decode and is reported with its path). Loading V
+//! every `min_deltas_for_snapshot` versions, a **snapshot** (`<V>.snapshot`: every key, possibly
+//! with superseded rows before a key's current one). Snapshots are encoded and written in the
+//! background, so a snapshot batch does not stall the stream; a snapshot that is not there yet
+//! (or never landed, after a crash) costs only a longer replay of deltas, which are kept until
+//! a later snapshot covers them. Both are Arrow IPC files (a torn file fails to decode and is
+//! reported with its path). Loading V
 //! reads the latest snapshot at or below V and the deltas after it, in order; for each key the
 //! last row wins. A re-run of batch N overwrites version N+1, so replays are idempotent.
 //! Versions older than the latest snapshot that still covers `min_batches_to_retain` batches
 //! are deleted.
 
+use std::sync::Arc;
+
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
+use tokio::task::JoinHandle;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -21,18 +28,30 @@ pub(crate) const MIN_DELTAS_FOR_SNAPSHOT: u64 = 10;
 /// Versions kept for recovery and inspection (Spark's `minBatchesToRetain`).
 pub(crate) const MIN_BATCHES_TO_RETAIN: u64 = 100;
 
+/// A snapshot's rows, produced batch by batch as they are encoded (off the query loop, on the
+/// blocking pool), so only one batch of them exists at a time.
+pub(crate) type Snapshot = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
 /// One operator partition's versioned state in a checkpoint.
 #[derive(Clone, Debug)]
 pub(crate) struct StateStore {
     ckpt: Checkpoint,
     dir: String,
+    /// The snapshot being written in the background, if any.
+    snapshot: Arc<tokio::sync::Mutex<Option<JoinHandle<Result<()>>>>>,
 }
 
-fn encode(schema: &SchemaRef, batch: &RecordBatch) -> Result<Bytes> {
+fn encode(schema: &SchemaRef, batches: impl IntoIterator<Item = Result<RecordBatch>>) -> Result<Bytes> {
     let mut w = arrow_ipc::writer::FileWriter::try_new(Vec::new(), schema)?;
-    w.write(batch)?;
+    for b in batches {
+        w.write(&b?)?;
+    }
     w.finish()?;
     Ok(Bytes::from(w.into_inner()?))
+}
+
+async fn joined(handle: JoinHandle<Result<()>>) -> Result<()> {
+    handle.await.map_err(|e| Error::Internal(format!("writing a state snapshot: {e}")))?
 }
 
 /// Every block the footer of an Arrow IPC file names must lie inside the file: arrow-ipc
@@ -58,7 +77,7 @@ fn check_blocks(bytes: &[u8]) -> std::result::Result<(), String> {
 
 impl StateStore {
     pub(crate) fn new(ckpt: Checkpoint, operator: usize, partition: u32) -> Self {
-        StateStore { ckpt, dir: format!("state/{operator}/{partition}") }
+        StateStore { ckpt, dir: format!("state/{operator}/{partition}"), snapshot: Default::default() }
     }
 
     fn decode(&self, rel: &str, bytes: Bytes) -> Result<Vec<RecordBatch>> {
@@ -114,21 +133,47 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Writes `version`: the delta, and a snapshot from `full` when one is due.
+    /// Writes `version`: the delta now and, when one is due, a snapshot of `full()` (batches
+    /// read in order, last row per key wins) in the background. A snapshot still being written
+    /// when the next is due makes that one skipped; a failed one fails the next commit.
     pub(crate) async fn commit(
         &self,
         version: u64,
         schema: &SchemaRef,
         delta: &RecordBatch,
-        full: impl FnOnce() -> Result<RecordBatch>,
+        full: impl FnOnce() -> Snapshot,
     ) -> Result<()> {
-        self.ckpt.put(&format!("{}/{version}.delta", self.dir), encode(schema, delta)?).await?;
+        self.ckpt.put(&format!("{}/{version}.delta", self.dir), encode(schema, [Ok(delta.clone())])?).await?;
+        let mut slot = self.snapshot.lock().await;
+        if slot.as_ref().is_some_and(JoinHandle::is_finished)
+            && let Some(done) = slot.take()
+        {
+            joined(done).await?;
+        }
         if version.is_multiple_of(MIN_DELTAS_FOR_SNAPSHOT) {
-            let snapshot = full()?;
-            self.ckpt.put(&format!("{}/{version}.snapshot", self.dir), encode(schema, &snapshot)?).await?;
-            self.purge(version).await?;
+            if slot.is_some() {
+                tracing::debug!(dir = %self.dir, version, "the previous state snapshot is still being written; skipping this one");
+                return Ok(());
+            }
+            let (this, schema, snapshot) = (self.clone(), schema.clone(), full());
+            *slot = Some(tokio::spawn(async move {
+                let bytes = tokio::task::spawn_blocking(move || encode(&schema, snapshot))
+                    .await
+                    .map_err(|e| Error::Internal(format!("encoding a state snapshot: {e}")))??;
+                this.ckpt.put(&format!("{}/{version}.snapshot", this.dir), bytes).await?;
+                this.purge(version).await
+            }));
         }
         Ok(())
+    }
+
+    /// Waits for a snapshot being written and returns its result.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        let handle = self.snapshot.lock().await.take();
+        match handle {
+            Some(h) => joined(h).await,
+            None => Ok(()),
+        }
     }
 
     async fn purge(&self, current: u64) -> Result<()> {
@@ -210,8 +255,6 @@ impl StateStore {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use arrow_array::{Int64Array, StringArray};
     use arrow_schema::{DataType, Field, Schema};
 
@@ -253,9 +296,11 @@ mod tests {
                     n.push(1);
                 }
                 let k: Vec<&str> = k.iter().map(String::as_str).collect();
-                Ok(rows(&schema, &k, &n))
+                let snapshot = vec![rows(&schema, &k, &n)];
+                Box::new(snapshot.into_iter().map(Ok)) as Snapshot
             };
             store.commit(v, &schema, &delta, full).await.unwrap();
+            store.flush().await.unwrap();
         }
         let t = store.read_table(total).await.unwrap().unwrap();
         assert_eq!(t.num_rows(), 2 + total as usize);

@@ -215,3 +215,132 @@ async fn checkpoints_on_s3_recover_state_and_offsets() {
     assert_eq!(c.get("y"), Some(&2));
     assert_eq!(c.get("z"), Some(&3));
 }
+
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(u64, Vec<arrow_array::RecordBatch>)>>>;
+
+/// Word count in update mode over `input` (one file per batch) into a foreachBatch that keeps
+/// every batch it gets.
+async fn count_into(input: &std::path::Path, ckpt: &std::path::Path, seen: &Seen) {
+    let seen = seen.clone();
+    let q = session()
+        .read_stream()
+        .format("text")
+        .option("maxFilesPerTrigger", 1)
+        .load_path(input)
+        .plugin(plugin("split_words"), [("column", "value")])
+        .sql(COUNT)
+        .write_stream()
+        .foreach_batch(move |info: &sluice::BatchInfo, batches: Vec<arrow_array::RecordBatch>| {
+            seen.lock().expect("lock").push((info.batch_id, batches));
+            Ok(())
+        })
+        .option("checkpointLocation", ckpt.display())
+        .output_mode(OutputMode::Update)
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .expect("start");
+    q.await_termination().await.expect("run");
+}
+
+/// 25 batches (past two state snapshots, with keys updated again and again and new keys in
+/// every batch), a restart, 3 more: the emitted updates, the state read back and the restored
+/// state all agree with counts computed the obvious way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_snapshots_and_restarts_with_many_small_updates() {
+    let dir = tempdir("ckpt-many-updates");
+    let (input, ckpt) = (dir.join("in"), dir.join("ckpt"));
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let mut all = Vec::new();
+    let file = |input: &std::path::Path, i: usize, all: &mut Vec<String>| {
+        let mut lines = gen_lines(30, i as u64);
+        lines.push((0..200).map(|j| format!("u{i}x{j}")).collect::<Vec<_>>().join(" "));
+        put_file(input, &format!("f{i:03}.txt"), &(lines.join("\n") + "\n"));
+        all.extend(lines);
+    };
+    for i in 0..25 {
+        file(&input, i, &mut all);
+    }
+    let seen: Seen = Default::default();
+    count_into(&input, &ckpt, &seen).await;
+    let report = sluice::inspect_checkpoint(&ckpt).await.expect("inspect");
+    assert_eq!(report.batches.len(), 25);
+    let files = &report.operators[0].files;
+    assert!(
+        files.iter().any(|(v, snap)| *snap && *v == 20),
+        "snapshots written by the time the query stops: {files:?}"
+    );
+    for i in 25..28 {
+        file(&input, i, &mut all);
+    }
+    count_into(&input, &ckpt, &seen).await;
+    let want = expected_counts(all.iter().map(String::as_str));
+    let mut latest = std::collections::HashMap::new();
+    let mut seen = seen.lock().expect("lock").clone();
+    seen.sort_by_key(|(b, _)| *b);
+    assert_eq!(seen.iter().map(|(b, _)| *b).collect::<Vec<_>>(), (0..28).collect::<Vec<_>>());
+    for (_, batches) in &seen {
+        latest.extend(counts(batches, "word", "count"));
+    }
+    assert_eq!(latest, want, "the latest update of every word is its count");
+    let state = sluice::read_state(&ckpt, None, None).await.expect("state");
+    let col = state.schema().field(1).name().clone();
+    assert_eq!(counts(&[state], "word", &col), want, "the state read back");
+}
+
+/// `current_timestamp()`, `now()` and `current_date()` are each batch's timestamp (the one its
+/// offsets log, so a replay sees the same), not the time the query was planned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_timestamp_is_the_batch_timestamp() {
+    let (input, _, ckpt) = setup("ckpt-now");
+    put_file(&input, "c.txt", "w\n");
+    let seen: Seen = Default::default();
+    let s2 = seen.clone();
+    let q = session()
+        .read_stream()
+        .format("text")
+        .option("maxFilesPerTrigger", 1)
+        .load_path(&input)
+        .sql("SELECT value, current_timestamp() AS ts, now() AS n, current_date() AS d FROM input")
+        .write_stream()
+        .foreach_batch(move |info: &sluice::BatchInfo, batches: Vec<arrow_array::RecordBatch>| {
+            s2.lock().expect("lock").push((info.batch_id, batches));
+            // Batches at least a few milliseconds apart, so their timestamps differ.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            Ok(())
+        })
+        .option("checkpointLocation", ckpt.display())
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .expect("start");
+    q.await_termination().await.expect("run");
+    let report = sluice::inspect_checkpoint(&ckpt).await.expect("inspect");
+    assert_eq!(report.batches.len(), 3);
+    let seen = seen.lock().expect("lock").clone();
+    let mut stamps = std::collections::BTreeSet::new();
+    for (batch, batches) in &seen {
+        let logged = report.batches[*batch as usize].batch_timestamp_ms;
+        for b in batches {
+            let ts = arrow_cast::cast(b.column(1), &arrow_schema::DataType::Int64).expect("cast");
+            let n = arrow_cast::cast(b.column(2), &arrow_schema::DataType::Int64).expect("cast");
+            let d = arrow_cast::cast(b.column(3), &arrow_schema::DataType::Int32).expect("cast");
+            let (ts, n, d) = (
+                ts.as_any().downcast_ref::<arrow_array::Int64Array>().expect("i64"),
+                n.as_any().downcast_ref::<arrow_array::Int64Array>().expect("i64"),
+                d.as_any().downcast_ref::<arrow_array::Int32Array>().expect("i32"),
+            );
+            for i in 0..b.num_rows() {
+                assert_eq!(
+                    ts.value(i),
+                    logged * 1_000_000,
+                    "batch {batch}: current_timestamp() is the logged batch timestamp"
+                );
+                assert_eq!(n.value(i), ts.value(i), "now() = current_timestamp()");
+                assert_eq!(i64::from(d.value(i)), logged.div_euclid(86_400_000), "current_date() is the batch's day");
+                stamps.insert(ts.value(i));
+            }
+        }
+    }
+    assert_eq!(stamps.len(), 3, "each batch has its own timestamp: {stamps:?}");
+}

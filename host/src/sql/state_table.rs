@@ -1,0 +1,383 @@
+//! The aggregation's running state: one row per group — its key in Arrow's row format (binary,
+//! comparable byte for byte) and each aggregate's state fields — addressed by group id, kept in
+//! append-only pages of Arrow arrays, with a hash index from key bytes to group id that holds
+//! only the 4-byte ids (keys are compared where they lie, in the pages).
+//!
+//! A batch interns its keys, reads the rows of the groups it touches, merges its input into
+//! them, and appends the new rows as a page; the old rows become garbage. So a batch costs what
+//! it touches, not what the table holds. To keep reads cheap and memory bounded:
+//! - the last two pages merge while the older holds at most twice the live rows of the newer
+//!   and together they fit in a full page (`PAGE_ROWS`): a tail of at most ~log2(PAGE_ROWS)
+//!   pages after the full ones, each row merged O(log) times, and no merge (so no transient
+//!   copy) larger than a page;
+//! - a page more than half garbage is rewritten with its live rows.
+//!
+//! Invariant: a group's live row lies in the newest page that holds a row of it, so the pages
+//! in order, read with "the last row per key wins", are exactly the state — a snapshot is the
+//! pages as they are (shared, not copied).
+
+use std::hash::BuildHasher;
+
+use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch};
+use arrow_schema::{ArrowError, SchemaRef};
+use hashbrown::HashTable;
+
+/// Where a group's row is: page and row. `NONE` for a group with no row yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Loc {
+    page: u32,
+    row: u32,
+}
+
+const NONE: Loc = Loc { page: u32::MAX, row: u32::MAX };
+
+struct Page {
+    rows: RecordBatch,
+    /// Column 0 of `rows`: the keys.
+    keys: BinaryArray,
+    /// The group id of each row.
+    gids: Vec<u32>,
+    /// Rows still current.
+    live: usize,
+}
+
+impl Page {
+    fn new(rows: RecordBatch, gids: Vec<u32>) -> Result<Self, ArrowError> {
+        let keys = rows
+            .column(0)
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .cloned()
+            .ok_or_else(|| ArrowError::SchemaError("state rows must start with binary keys".into()))?;
+        Ok(Page { rows, keys, live: gids.len(), gids })
+    }
+}
+
+/// Keys of groups interned since their batch began, which have no row yet.
+#[derive(Default)]
+struct Pending {
+    /// Group id of the first pending key.
+    from: u32,
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Pending {
+    fn get(&self, gid: u32) -> &[u8] {
+        let i = gid.wrapping_sub(self.from) as usize;
+        match self.ends.get(i) {
+            Some(end) => &self.bytes[if i == 0 { 0 } else { self.ends[i - 1] }..*end],
+            None => &[],
+        }
+    }
+    fn push(&mut self, gid: u32, key: &[u8]) {
+        if self.ends.is_empty() {
+            self.from = gid;
+        }
+        self.bytes.extend_from_slice(key);
+        self.ends.push(self.bytes.len());
+    }
+}
+
+fn key_of<'a>(pages: &'a [Page], locs: &[Loc], pending: &'a Pending, gid: u32) -> &'a [u8] {
+    let l = locs[gid as usize];
+    if l == NONE { pending.get(gid) } else { pages[l.page as usize].keys.value(l.row as usize) }
+}
+
+/// State rows by group id, and the key index.
+pub(super) struct StateTable {
+    /// `key` (binary), then the state fields.
+    schema: SchemaRef,
+    index: HashTable<u32>,
+    hasher: foldhash::fast::FixedState,
+    pages: Vec<Page>,
+    /// Per group id ever interned.
+    locs: Vec<Loc>,
+    pending: Pending,
+    /// Group ids with a row.
+    len: usize,
+}
+
+/// Rows below which a page is never rewritten for garbage alone.
+const MIN_COMPACT_ROWS: usize = 1024;
+/// Pages do not grow past this many rows by merging.
+pub(super) const PAGE_ROWS: usize = 1 << 18;
+
+impl StateTable {
+    /// A table of rows of `schema`: a non-null binary key column, then state fields.
+    pub(super) fn new(schema: SchemaRef) -> Self {
+        StateTable {
+            schema,
+            index: HashTable::new(),
+            hasher: foldhash::fast::FixedState::with_seed(0x5EED_51C3),
+            pages: Vec::new(),
+            locs: Vec::new(),
+            pending: Pending::default(),
+            len: 0,
+        }
+    }
+
+    /// The schema of its rows.
+    pub(super) fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Groups with a row.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Group ids handed out (groups with a row, and those of the running batch).
+    pub(super) fn num_gids(&self) -> usize {
+        self.locs.len()
+    }
+
+    /// Whether group `gid` has a row.
+    pub(super) fn contains(&self, gid: u32) -> bool {
+        self.locs.get(gid as usize).is_some_and(|l| *l != NONE)
+    }
+
+    /// The group id of each key, handing out new ids to new keys.
+    pub(super) fn intern<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>, out: &mut Vec<usize>) {
+        let StateTable { index, hasher, pages, locs, pending, .. } = self;
+        for key in keys {
+            let hash = hasher.hash_one(key);
+            let gid = match index.find(hash, |g| key_of(pages, locs, pending, *g) == key) {
+                Some(g) => *g,
+                None => {
+                    let g = locs.len() as u32;
+                    locs.push(NONE);
+                    pending.push(g, key);
+                    index.insert_unique(hash, g, |g| hasher.hash_one(key_of(pages, locs, pending, *g)));
+                    g
+                }
+            };
+            out.push(gid as usize);
+        }
+    }
+
+    /// The key bytes of `gids`, as a binary array.
+    pub(super) fn keys(&self, gids: &[u32]) -> BinaryArray {
+        gids.iter().map(|g| Some(key_of(&self.pages, &self.locs, &self.pending, *g))).collect()
+    }
+
+    /// The rows of `gids` (each must have one), in that order.
+    pub(super) fn get(&self, gids: &[u32]) -> Result<RecordBatch, ArrowError> {
+        let at: Vec<(usize, usize)> = gids
+            .iter()
+            .map(|g| {
+                let l = self.locs[*g as usize];
+                (l.page as usize, l.row as usize)
+            })
+            .collect();
+        self.gather(&at)
+    }
+
+    /// Every group's row, in group-id order.
+    pub(super) fn all(&self) -> Result<RecordBatch, ArrowError> {
+        let at: Vec<(usize, usize)> =
+            self.locs.iter().filter(|l| **l != NONE).map(|l| (l.page as usize, l.row as usize)).collect();
+        self.gather(&at)
+    }
+
+    fn gather(&self, at: &[(usize, usize)]) -> Result<RecordBatch, ArrowError> {
+        let opts = arrow_array::RecordBatchOptions::new().with_row_count(Some(at.len()));
+        if self.pages.len() == 1 {
+            let idx = arrow_array::UInt32Array::from_iter_values(at.iter().map(|(_, r)| *r as u32));
+            let cols = self.pages[0]
+                .rows
+                .columns()
+                .iter()
+                .map(|c| arrow_select::take::take(c, &idx, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            return RecordBatch::try_new_with_options(self.schema.clone(), cols, &opts);
+        }
+        let mut cols = Vec::with_capacity(self.schema.fields().len());
+        for c in 0..self.schema.fields().len() {
+            let arrays: Vec<&dyn Array> = self.pages.iter().map(|p| p.rows.column(c).as_ref()).collect();
+            cols.push(arrow_select::interleave::interleave(&arrays, at)?);
+        }
+        RecordBatch::try_new_with_options(self.schema.clone(), cols, &opts)
+    }
+
+    /// Makes `rows` (key bytes, then state fields) the current rows of `gids` (row i belongs to
+    /// `gids[i]`).
+    pub(super) fn append(&mut self, gids: Vec<u32>, rows: RecordBatch) -> Result<(), ArrowError> {
+        if gids.is_empty() {
+            return Ok(());
+        }
+        let new = Page::new(rows, gids)?;
+        let page = self.pages.len() as u32;
+        for (row, g) in new.gids.iter().enumerate() {
+            let old = std::mem::replace(&mut self.locs[*g as usize], Loc { page, row: row as u32 });
+            if old == NONE {
+                self.len += 1;
+            } else {
+                self.pages[old.page as usize].live -= 1;
+            }
+        }
+        self.pages.push(new);
+        let from = self.pending.from as usize;
+        if !self.pending.ends.is_empty() && self.locs[from..].iter().all(|l| *l != NONE) {
+            self.pending = Pending::default();
+        }
+        self.maintain()
+    }
+
+    fn maintain(&mut self) -> Result<(), ArrowError> {
+        while self.pages.len() >= 2 {
+            let n = self.pages.len();
+            let (older, newer) = (self.pages[n - 2].live, self.pages[n - 1].live);
+            if older > 2 * newer || older + newer > PAGE_ROWS {
+                break;
+            }
+            self.rewrite(&[n - 2, n - 1], n - 2)?;
+            self.pages.truncate(n - 1);
+        }
+        for p in 0..self.pages.len() {
+            let page = &self.pages[p];
+            let rows = page.gids.len();
+            if rows >= MIN_COMPACT_ROWS && page.live * 2 < rows {
+                self.rewrite(&[p], p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the live rows of `pages` (consecutive, ascending) as page `into`.
+    fn rewrite(&mut self, pages: &[usize], into: usize) -> Result<(), ArrowError> {
+        let mut at = Vec::new();
+        let mut gids = Vec::new();
+        for &p in pages {
+            for (row, g) in self.pages[p].gids.iter().enumerate() {
+                if self.locs[*g as usize] == (Loc { page: p as u32, row: row as u32 }) {
+                    at.push((p - pages[0], row));
+                    gids.push(*g);
+                }
+            }
+        }
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        for c in 0..self.schema.fields().len() {
+            let arrays: Vec<&dyn Array> = pages.iter().map(|p| self.pages[*p].rows.column(c).as_ref()).collect();
+            cols.push(arrow_select::interleave::interleave(&arrays, &at)?);
+        }
+        let opts = arrow_array::RecordBatchOptions::new().with_row_count(Some(at.len()));
+        let rows = RecordBatch::try_new_with_options(self.schema.clone(), cols, &opts)?;
+        for (row, g) in gids.iter().enumerate() {
+            self.locs[*g as usize] = Loc { page: into as u32, row: row as u32 };
+        }
+        self.pages[into] = Page::new(rows, gids)?;
+        Ok(())
+    }
+
+    /// The pages, oldest first; read in order with "the last row per key wins" they are the
+    /// state (a snapshot). Shares the arrays.
+    pub(super) fn pages(&self) -> Vec<RecordBatch> {
+        self.pages.iter().map(|p| p.rows.clone()).collect()
+    }
+
+    /// Bytes held: the pages' arrays, group ids, locations and the index.
+    pub(super) fn memory(&self) -> usize {
+        let pages: usize = self.pages.iter().map(|p| p.rows.get_array_memory_size() + p.gids.capacity() * 4).sum();
+        pages
+            + self.locs.capacity() * std::mem::size_of::<Loc>()
+            + self.index.allocation_size()
+            + self.pending.bytes.capacity()
+            + self.pending.ends.capacity() * 8
+    }
+
+    /// Pages held (for tests).
+    #[cfg(test)]
+    fn page_count(&self) -> usize {
+        self.pages.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use arrow_array::Int64Array;
+    use arrow_schema::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("key", DataType::Binary, false), Field::new("v", DataType::Int64, false)]))
+    }
+
+    fn contents(b: &RecordBatch) -> Vec<(Vec<u8>, i64)> {
+        let k = b.column(0).as_any().downcast_ref::<BinaryArray>().unwrap();
+        let v = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        (0..b.num_rows()).map(|i| (k.value(i).to_vec(), v.value(i))).collect()
+    }
+
+    /// Random batches of keys against a plain map: interning, reads, full scans and the
+    /// snapshot (pages read last-row-wins) agree with it, and pages and rows stay bounded.
+    #[test]
+    fn matches_a_map_and_stays_bounded() {
+        let mut t = StateTable::new(schema());
+        let mut truth: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+        let mut seed = 7u64;
+        let mut next = |m: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % m
+        };
+        let mut run = |t: &mut StateTable, keys: Vec<Vec<u8>>, v: i64| {
+            let mut ids = Vec::new();
+            t.intern(keys.iter().map(Vec::as_slice), &mut ids);
+            // A key seen twice in a batch gets one id.
+            let mut gids: Vec<u32> = Vec::new();
+            let mut rows: Vec<&[u8]> = Vec::new();
+            let mut seen: std::collections::HashMap<&[u8], usize> = Default::default();
+            for (k, g) in keys.iter().zip(&ids) {
+                let first = *seen.entry(k.as_slice()).or_insert(*g);
+                assert_eq!(first, *g, "one id per key");
+                if !gids.contains(&(*g as u32)) {
+                    gids.push(*g as u32);
+                    rows.push(k);
+                }
+            }
+            assert_eq!(gids.len(), seen.len(), "distinct keys get distinct ids");
+            assert_eq!(t.keys(&gids).iter().map(|k| k.unwrap()).collect::<Vec<_>>(), rows);
+            let batch = RecordBatch::try_new(
+                schema(),
+                vec![Arc::new(BinaryArray::from(rows.clone())), Arc::new(Int64Array::from(vec![v; rows.len()]))],
+            )
+            .unwrap();
+            t.append(gids, batch).unwrap();
+            for k in rows {
+                truth.insert(k.to_vec(), v);
+            }
+        };
+        let groups = 20_000u64;
+        for chunk in 0..groups / 100 {
+            run(&mut t, (chunk * 100..chunk * 100 + 100).map(|g| format!("g{g}").into_bytes()).collect(), 0);
+        }
+        for batch in 1..3000i64 {
+            let keys = (0..1 + next(100)).map(|_| format!("g{}", next(groups + batch as u64)).into_bytes()).collect();
+            run(&mut t, keys, batch);
+            let bound = 2 + 2 * (t.len() as f64).log2() as usize + t.len() / PAGE_ROWS;
+            assert!(t.page_count() <= bound, "{} pages", t.page_count());
+        }
+        assert_eq!(t.len(), truth.len());
+        let mut all = contents(&t.all().unwrap());
+        all.sort();
+        assert_eq!(all, truth.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>());
+        let mut ids = Vec::new();
+        t.intern([b"g5".as_slice(), b"g3", b"g19999"].into_iter(), &mut ids);
+        let gids: Vec<u32> = ids.iter().map(|g| *g as u32).collect();
+        let got = contents(&t.get(&gids).unwrap());
+        let want: Vec<(Vec<u8>, i64)> =
+            ["g5", "g3", "g19999"].iter().map(|k| (k.as_bytes().to_vec(), truth[k.as_bytes()])).collect();
+        assert_eq!(got, want);
+        let mut last: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+        for p in t.pages() {
+            last.extend(contents(&p));
+        }
+        assert_eq!(last, truth);
+        let rows_held: usize = t.pages().iter().map(|p| p.num_rows()).sum();
+        assert!(rows_held <= 2 * truth.len() + MIN_COMPACT_ROWS * t.page_count(), "{rows_held} rows held");
+    }
+}
