@@ -169,6 +169,7 @@ pub async fn run(lines: usize, plugins: &Path, dir: &Path, only: &[String], max_
         roles(plugins, dir).await?;
     }
     if want("state") {
+        growth::fixed_cost().await?;
         growth::state(dir, max_keys).await?;
     }
     if want("growth") {

@@ -3,15 +3,19 @@
 //! A step's query is planned once, by DataFusion, as if its input were a table named `input`.
 //! The plan is then split at the aggregation, if there is one:
 //! - the part below it is stateless and runs on each new batch alone;
-//! - the aggregation keeps one DataFusion `GroupsAccumulator` per aggregate function across
-//!   batches, fed with each batch's rows (so every DataFusion aggregate works: count, sum, avg,
-//!   min, max, stddev, approx_distinct, count(DISTINCT ...), ...);
+//! - the aggregation keeps each group's state row (key, aggregate states) in a
+//!   [`StateTable`]; a batch merges its rows into fresh DataFusion `GroupsAccumulator`s over
+//!   just the groups it touches, seeded from their rows (so every DataFusion aggregate works:
+//!   count, sum, avg, min, max, stddev, approx_distinct, count(DISTINCT ...), ...);
 //! - the part above it (projection, HAVING, ORDER BY in complete mode) runs on the aggregate's
 //!   output: all groups in complete mode, the groups this batch changed in update mode.
 //!
-//! The running state (group keys and accumulators) lives in memory; with a checkpoint, each
-//! batch also writes the changed keys' state rows (`Aggregator::state_rows`) to the state store,
-//! and a restart restores them into fresh accumulators with `merge_batch`.
+//! Each part's physical plan is made once and run again per batch: its scans ([`SlotExec`])
+//! read what the engine put in a slot for the running batch. `now()` / `current_timestamp()`
+//! read the batch's timestamp when they run, so they are not frozen into a plan.
+//!
+//! With a checkpoint, each batch also writes the touched groups' state rows to the state store,
+//! and a restart loads them back into the state table.
 //! Queries a stream cannot run (ORDER BY or LIMIT without an aggregation in complete mode,
 //! window functions, several aggregations, grouping sets) are refused when the step is built,
 //! with a message that says why.
@@ -25,17 +29,22 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::Dialect;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema};
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{EmitTo, Expr, GroupsAccumulator, LogicalPlan, LogicalPlanBuilder, TableType};
 use datafusion::optimizer::Optimizer;
+use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr, create_physical_expr};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, reset_plan_states};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, collect_partitioned,
+};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Ident, ObjectName, ObjectNamePart, visit_expressions_mut};
 
@@ -88,23 +97,107 @@ impl TableProvider for SlotTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        // Spread the batch over the partitions so DataFusion can use every core.
-        let nparts = self.partitions.max(1);
-        let mut parts = vec![Vec::new(); nparts];
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        let partitions = self.partitions.max(1);
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Arc::new(SlotExec {
+            slot: self.slot.clone(),
+            schema,
+            projection: projection.cloned(),
+            partitions,
+            properties: Arc::new(properties),
+        }))
+    }
+}
+
+/// Scans a [`Slot`]: what it holds when the plan *runs*, not when it was planned, so a physical
+/// plan made once serves every batch. Each batch is spread over the partitions in slices, so
+/// DataFusion can use every core.
+#[derive(Debug)]
+struct SlotExec {
+    slot: Slot,
+    schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    partitions: usize,
+    properties: Arc<PlanProperties>,
+}
+
+impl DisplayAs for SlotExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SlotExec: partitions={}", self.partitions)
+    }
+}
+
+impl ExecutionPlan for SlotExec {
+    fn name(&self) -> &str {
+        "SlotExec"
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+    fn apply_expressions(
+        &self,
+        _: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::error::Result<TreeNodeRecursion>,
+    ) -> datafusion::error::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+    fn with_new_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+    fn execute(&self, partition: usize, _: Arc<TaskContext>) -> datafusion::error::Result<SendableRecordBatchStream> {
+        let mut mine = Vec::new();
         let mut i = 0;
         for b in self.slot.get() {
             let n = b.num_rows();
-            let chunk = n.div_ceil(nparts).max(1);
+            let chunk = n.div_ceil(self.partitions).max(1);
             let mut off = 0;
             while off < n {
                 let len = chunk.min(n - off);
-                parts[i % nparts].push(b.slice(off, len));
+                if i % self.partitions == partition {
+                    let part = b.slice(off, len);
+                    mine.push(match &self.projection {
+                        Some(p) => part.project(p)?,
+                        None => part,
+                    });
+                }
                 off += len;
                 i += 1;
             }
         }
-        let exec = MemorySourceConfig::try_new_exec(&parts, self.schema.clone(), projection.cloned())?;
-        Ok(exec)
+        Ok(Box::pin(MemoryStream::try_new(mine, self.schema.clone(), None)?))
+    }
+}
+
+/// A physical plan made once and run again on each batch (its operators' run state reset).
+#[derive(Debug)]
+struct CachedPlan(Arc<dyn ExecutionPlan>);
+
+impl CachedPlan {
+    async fn new(ctx: &SessionContext, plan: &LogicalPlan) -> datafusion::error::Result<Self> {
+        Ok(CachedPlan(ctx.state().create_physical_plan(plan).await?))
+    }
+
+    /// Runs the plan and returns its output in partition order, so the same input always gives
+    /// the same rows in the same order (a coalesced stream interleaves partitions as they
+    /// finish).
+    async fn run(&self, ctx: &SessionContext) -> datafusion::error::Result<Vec<RecordBatch>> {
+        let plan = reset_plan_states(self.0.clone())?;
+        let out = collect_partitioned(plan, ctx.task_ctx()).await?;
+        Ok(out.into_iter().flatten().filter(|b| b.num_rows() > 0).collect())
     }
 }
 
@@ -120,7 +213,7 @@ pub(crate) struct SqlStep {
 }
 
 enum Kind {
-    Stateless(LogicalPlan),
+    Stateless(CachedPlan),
     Aggregate(Box<Aggregator>),
 }
 
@@ -243,8 +336,8 @@ impl SqlStep {
         }
         let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let kind = match aggregates {
-            0 => Kind::Stateless(plan),
-            1 => Kind::Aggregate(Box::new(Aggregator::try_new(&ctx, &plan).map_err(sql_err)?)),
+            0 => Kind::Stateless(CachedPlan::new(&ctx, &plan).await.map_err(sql_err)?),
+            1 => Kind::Aggregate(Box::new(Aggregator::try_new(&ctx, &plan).await.map_err(sql_err)?)),
             _ => {
                 return Err(unsupported(
                     "more than one aggregation in a query is not supported on streams; split it into steps or use one GROUP BY".into(),
@@ -279,7 +372,7 @@ impl SqlStep {
         self.clock.set(timestamp_ms);
         self.input.set(input);
         let out = match &mut self.kind {
-            Kind::Stateless(plan) => execute(&self.ctx, plan).await.map_err(sql_err),
+            Kind::Stateless(plan) => plan.run(&self.ctx).await.map_err(sql_err),
             Kind::Aggregate(agg) => match agg.process(&self.ctx, mode).await.map_err(sql_err) {
                 Err(e) => Err(e),
                 Ok((out, delta)) => {
@@ -353,14 +446,6 @@ impl SqlStep {
     }
 }
 
-/// Runs a plan and returns its output in partition order, so the same input always gives the
-/// same rows in the same order (a coalesced stream interleaves partitions as they finish).
-async fn execute(ctx: &SessionContext, plan: &LogicalPlan) -> datafusion::error::Result<Vec<RecordBatch>> {
-    let df = ctx.execute_logical_plan(plan.clone()).await?;
-    let out = df.collect_partitioned().await?;
-    Ok(out.into_iter().flatten().filter(|b| b.num_rows() > 0).collect())
-}
-
 /// State metrics of one stateful operator (Spark's `stateOperators[]`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StateMetrics {
@@ -376,9 +461,9 @@ pub(crate) struct StateMetrics {
 /// groups, and appends their new state rows: its cost follows the batch, not the state.
 struct Aggregator {
     /// The plan below the aggregation (reads the `input` slot).
-    below: LogicalPlan,
+    below: CachedPlan,
     /// The plan above it (reads `out`).
-    above: LogicalPlan,
+    above: CachedPlan,
     out: Slot,
     out_schema: SchemaRef,
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
@@ -422,7 +507,7 @@ fn group_accumulator(agg: &Arc<AggregateFunctionExpr>) -> datafusion::error::Res
 const AGG_TABLE: &str = "__sluice_aggregate";
 
 impl Aggregator {
-    fn try_new(ctx: &SessionContext, plan: &LogicalPlan) -> datafusion::error::Result<Self> {
+    async fn try_new(ctx: &SessionContext, plan: &LogicalPlan) -> datafusion::error::Result<Self> {
         let mut found = None;
         plan.apply(|n| {
             if let LogicalPlan::Aggregate(a) = n {
@@ -500,8 +585,8 @@ impl Aggregator {
             col += width;
         }
         Ok(Aggregator {
-            below,
-            above,
+            below: CachedPlan::new(ctx, &below).await?,
+            above: CachedPlan::new(ctx, &above).await?,
             out,
             out_schema,
             group_exprs,
@@ -690,7 +775,7 @@ impl Aggregator {
         mode: OutputMode,
         t: &mut Touched,
     ) -> datafusion::error::Result<(Vec<RecordBatch>, Option<RecordBatch>)> {
-        for b in execute(ctx, &self.below).await? {
+        for b in self.below.run(ctx).await? {
             self.update(t, &b)?;
         }
         self.last_updated = t.gids.len() as u64;
@@ -713,7 +798,7 @@ impl Aggregator {
         };
         let Some(emit) = emit else { return Ok((Vec::new(), delta)) };
         self.out.set(vec![self.finalize(&emit)?]);
-        let result = execute(ctx, &self.above).await;
+        let result = self.above.run(ctx).await;
         self.out.set(Vec::new());
         Ok((result?, delta))
     }

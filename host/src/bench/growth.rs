@@ -189,6 +189,45 @@ pub(super) async fn state(dir: &Path, max_keys: u64) -> Result<()> {
     Ok(())
 }
 
+/// The fixed cost of a SQL step per batch: a 1-row batch through a projection and filter, run
+/// by the step (physical plan made once, re-run per batch) beside DataFusion planning the same
+/// query afresh for each batch (what the step did before plans were cached).
+pub(super) async fn fixed_cost() -> Result<()> {
+    use datafusion::prelude::SessionContext;
+    let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, false)]));
+    let sql = "SELECT k, upper(k) AS u, length(k) AS n FROM input WHERE k <> ''";
+    let batch = key_batch(&schema, std::iter::once(7))?;
+    let mut step = SqlStep::try_new(0, sql, schema.clone(), OutputMode::Append).await?;
+    let mut cached = Vec::new();
+    for i in 0..300 {
+        let t = Instant::now();
+        step.process(i, 0, vec![batch.clone()], OutputMode::Append).await?;
+        cached.push(t.elapsed());
+    }
+    let ctx = SessionContext::new();
+    let mut planned = Vec::new();
+    for _ in 0..300 {
+        let t = Instant::now();
+        let table = datafusion::datasource::MemTable::try_new(schema.clone(), vec![vec![batch.clone()]])
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let _ = ctx.deregister_table("input");
+        ctx.register_table("input", Arc::new(table)).map_err(|e| Error::Internal(e.to_string()))?;
+        let df = ctx.sql(sql).await.map_err(|e| Error::Internal(e.to_string()))?;
+        df.collect().await.map_err(|e| Error::Internal(e.to_string()))?;
+        planned.push(t.elapsed());
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort_unstable();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    println!("\n## Fixed cost of a SQL step per batch (1-row batch, projection + filter, median of 300)\n");
+    println!("| plan | per batch |");
+    println!("|---|---|");
+    println!("| made once, re-run per batch (the SQL step) | {:.3} ms |", median(&mut cached));
+    println!("| planned afresh per batch (DataFusion `sql` + `collect`) | {:.3} ms |", median(&mut planned));
+    Ok(())
+}
+
 /// One query over `dir`: word count (plugin + SQL count, complete mode) or split → noop.
 async fn growth_run(session: &Session, dir: &Path, split_words: &Path, count: bool) -> Result<(Duration, u64)> {
     reset_peak();
