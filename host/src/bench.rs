@@ -22,6 +22,7 @@ use crate::spec::{PluginLimits, PluginSpec};
 use crate::{OutputMode, Session, Trigger};
 
 mod growth;
+mod windowed;
 
 pub use growth::state_child;
 
@@ -150,11 +151,11 @@ fn plugin_path(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
     Ok(p)
 }
 
-/// Runs the benchmark sections (`wordcount`, `boundary`, `roles`, `state`, `growth`; all when
+/// Runs the benchmark sections (`wordcount`, `boundary`, `roles`, `state`, `growth`, `windowed`; all when
 /// `only` is empty) and prints the results. `max_keys` caps the `state` section's sizes.
 pub async fn run(lines: usize, plugins: &Path, dir: &Path, only: &[String], max_keys: u64) -> Result<()> {
     let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
-    const SECTIONS: [&str; 5] = ["wordcount", "boundary", "roles", "state", "growth"];
+    const SECTIONS: [&str; 6] = ["wordcount", "boundary", "roles", "state", "growth", "windowed"];
     if let Some(bad) = only.iter().find(|o| !SECTIONS.contains(&o.as_str())) {
         let message = format!("unknown bench section {bad:?}; the sections are {}", SECTIONS.join(", "));
         return Err(Error::Config { location: None, message });
@@ -174,6 +175,9 @@ pub async fn run(lines: usize, plugins: &Path, dir: &Path, only: &[String], max_
     }
     if want("growth") {
         growth::growth(dir, lines, &plugin_path(plugins, "split_words")?).await?;
+    }
+    if want("windowed") {
+        windowed::windowed(dir, lines).await?;
     }
     Ok(())
 }

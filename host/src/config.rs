@@ -74,6 +74,8 @@ struct RawSource {
 #[serde(deny_unknown_fields)]
 struct RawTransform {
     sql: Option<String>,
+    watermark: Option<Spanned<RawWatermark>>,
+    drop_duplicates: Option<RawDedup>,
     plugin: Option<Spanned<String>>,
     name: Option<String>,
     #[serde(default)]
@@ -81,6 +83,22 @@ struct RawTransform {
     grants: Option<Spanned<RawGrants>>,
     limits: Option<RawLimits>,
     on_error: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatermark {
+    column: String,
+    delay: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDedup {
+    #[serde(default)]
+    columns: Vec<String>,
+    #[serde(default)]
+    within_watermark: bool,
 }
 
 #[derive(Deserialize)]
@@ -463,22 +481,29 @@ impl PipelineSpec {
             let at = t.span().start;
             let t = t.into_inner();
             let what = format!("transform {i}");
-            let sql = t.sql;
-            let step = match (sql, plugin(&loc, take_plugin!(t), &what, at)?) {
-                (None, Some(p)) => TransformSpec::Plugin(p),
-                (Some(query), None) => TransformSpec::Sql { query },
-                (Some(_), Some(_)) => {
-                    return Err(loc.err(
-                        at,
-                        format!("{what} needs exactly one of `plugin` (a .wasm path) or `sql` (a query over `input`)"),
-                    ));
+            let (sql, watermark, dedup) = (t.sql, t.watermark, t.drop_duplicates);
+            let one_of = || {
+                loc.err(
+                    at,
+                    format!(
+                        "{what} needs exactly one of `plugin` (a .wasm path), `sql` (a query over `input`), `watermark` (`{{ column = \"ts\", delay = \"10 minutes\" }}`) or `drop_duplicates` (`{{ columns = [\"id\"] }}`)"
+                    ),
+                )
+            };
+            let plugin = plugin(&loc, take_plugin!(t), &what, at)?;
+            let step = match (sql, watermark, plugin, dedup) {
+                (None, None, Some(p), None) => TransformSpec::Plugin(p),
+                (Some(query), None, None, None) => TransformSpec::Sql { query },
+                (None, None, None, Some(d)) => {
+                    TransformSpec::DropDuplicates { columns: d.columns, within_watermark: d.within_watermark }
                 }
-                (None, None) => {
-                    return Err(loc.err(
-                        at,
-                        format!("{what} needs exactly one of `plugin` (a .wasm path) or `sql` (a query over `input`)"),
-                    ));
+                (None, Some(w), None, None) => {
+                    let w = w.into_inner();
+                    crate::spec::watermark_delay_ms(w.delay.get_ref())
+                        .map_err(|message| loc.err(w.delay.span().start, message))?;
+                    TransformSpec::Watermark { column: w.column, delay: w.delay.into_inner() }
                 }
+                _ => return Err(one_of()),
             };
             transforms.push(step);
         }

@@ -37,6 +37,7 @@ use crate::progress::{
 use crate::sink::{BatchMeta, Sink};
 use crate::source::{Offset, Partitioned, ReadLimit, Source};
 use crate::spec::{OutputMode, StepRef};
+use crate::sql::BatchWatermark;
 use crate::trigger::Trigger;
 
 mod build;
@@ -44,12 +45,14 @@ pub(crate) mod query;
 mod recover;
 mod reload;
 mod step;
+mod watermark;
 
 use query::Shared;
 pub use query::StreamingQuery;
 use recover::{Resume, recover};
 use reload::{Prepared, ReloadContext, Swap};
 use step::Step;
+use watermark::EventTimeStats;
 
 /// A query, built and validated, ready to run.
 pub(crate) struct Query {
@@ -100,6 +103,18 @@ fn num_partitions(data: &Partitioned) -> u32 {
     data.iter().map(|(p, _)| p + 1).max().unwrap_or(1)
 }
 
+fn state_progress(name: &str, m: &crate::sql::StateMetrics) -> StateOperatorProgress {
+    StateOperatorProgress {
+        operator_name: name.into(),
+        num_rows_total: m.num_rows_total,
+        num_rows_updated: m.num_rows_updated,
+        num_rows_removed: m.num_rows_removed,
+        commit_time_ms: m.commit_time_ms,
+        memory_used_bytes: m.memory_used_bytes,
+        num_rows_dropped_by_watermark: m.num_rows_dropped_by_watermark,
+    }
+}
+
 /// The loop's state between batches.
 struct Runner {
     q: Query,
@@ -117,13 +132,33 @@ struct Runner {
     /// Versions displaced for a re-run batch (which runs with the versions it logged), to put
     /// back once it is committed.
     restore_after: Vec<(StepRef, Prepared)>,
+    /// The event-time watermark, when the query defines one.
+    watermark: Option<Watermark>,
+}
+
+/// The query's watermark between batches.
+struct Watermark {
+    delay_ms: i64,
+    /// The watermark the last batch ran with.
+    last_ms: i64,
+    /// The watermark the next batch runs with.
+    next_ms: i64,
+    /// Whether a stateful step closes groups by it (then a move of the watermark alone is
+    /// worth a batch without data, as Spark's `noDataMicroBatches.enabled`).
+    closes_groups: bool,
 }
 
 /// One batch in flight.
 struct Batch {
     started: Instant,
     timestamp_ms: i64,
+    /// The event-time watermark the batch runs with.
+    watermark_ms: Option<i64>,
+    /// The previous batch's watermark: rows behind it are late.
+    late_events_ms: Option<i64>,
     end: Offset,
+    /// A batch without new data, run because the watermark moved.
+    no_data: bool,
     rerun: bool,
     /// The plugin versions a re-run batch logged.
     logged_plugins: BTreeMap<String, String>,
@@ -136,6 +171,7 @@ struct Executed {
     output_rows: u64,
     plugins: Vec<PluginProgress>,
     state_ops: Vec<StateOperatorProgress>,
+    event_time: EventTimeStats,
 }
 
 pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationToken) -> Result<()> {
@@ -148,7 +184,7 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
     let query_id: Arc<str> = Arc::from(shared.id.to_string());
     let mut resume = match &ckpt {
         Some(c) => recover(&mut q, c, &query_id).await?,
-        None => Resume { batch_id: 0, committed: None, rerun: None },
+        None => Resume::fresh(),
     };
     q.sink.start(&query_id, resume.rerun.as_ref().map(|_| resume.batch_id)).await?;
     for step in &mut q.steps {
@@ -160,6 +196,19 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
         q.source.prepare_available_now().await?;
     }
     let limit = if q.trigger == Trigger::Once { ReadLimit::All } else { ReadLimit::Default };
+    let watermark = q.steps.iter().find_map(|s| match s {
+        Step::Watermark(w) => Some(Watermark {
+            delay_ms: w.delay_ms,
+            last_ms: resume.prev_watermark_ms,
+            next_ms: resume.watermark_ms,
+            closes_groups: q.steps.iter().any(|s| match s {
+                Step::Sql(sql) => q.mode != OutputMode::Complete && sql.has_event_time_key(),
+                Step::Dedup(d) => d.expires_by_watermark(),
+                _ => false,
+            }),
+        }),
+        _ => None,
+    });
     let committed = resume.committed.take();
     let batch_id = resume.batch_id;
     let mut r = Runner {
@@ -175,13 +224,16 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
         limit,
         saved: std::collections::HashSet::new(),
         restore_after: Vec::new(),
+        watermark,
     };
     let result = drive(&mut r, &cancel).await;
     // State written in the background (snapshots) lands before the query reports it stopped.
     let mut flushed = Ok(());
     for step in &mut r.q.steps {
-        if let Step::Sql(s) = step {
-            flushed = flushed.and(s.flush_state().await);
+        match step {
+            Step::Sql(s) => flushed = flushed.and(s.flush_state().await),
+            Step::Dedup(d) => flushed = flushed.and(d.flush_state().await),
+            _ => {}
         }
     }
     result.and(flushed)
@@ -251,10 +303,34 @@ impl Runner {
             }
             None => (self.q.source.latest_offset(self.committed.as_ref(), self.limit).await?, now_ms()),
         };
+        // No new data, but the watermark moved past what stateful steps hold: a batch without
+        // data lets them close (emit and evict) those groups.
+        let latest = match (latest, &self.watermark, &self.committed) {
+            (None, Some(w), Some(c)) if w.closes_groups && w.next_ms > w.last_ms && self.q.trigger != Trigger::Once => {
+                Some(c.clone())
+            }
+            (latest, _, _) => latest,
+        };
         let mut durations = BTreeMap::new();
         durations.insert("latestOffset".to_string(), started.elapsed().as_millis() as u64);
         let logged_plugins = rerun.as_ref().map(|e| e.plugins.clone()).unwrap_or_default();
-        Ok(latest.map(|end| Batch { started, timestamp_ms, end, rerun: rerun.is_some(), logged_plugins, durations }))
+        let watermark_ms = match (&rerun, &self.watermark) {
+            (_, None) => None,
+            (Some(e), Some(_)) => Some(e.batch_watermark_ms),
+            (None, Some(w)) => Some(w.next_ms),
+        };
+        let late_events_ms = self.watermark.as_ref().map(|w| w.last_ms);
+        Ok(latest.map(|end| Batch {
+            started,
+            timestamp_ms,
+            watermark_ms,
+            late_events_ms,
+            no_data: Some(&end) == self.committed.as_ref(),
+            end,
+            rerun: rerun.is_some(),
+            logged_plugins,
+            durations,
+        }))
     }
 
     /// Swaps a prepared plugin version in (at a batch boundary).
@@ -275,7 +351,7 @@ impl Runner {
                 step.start(&self.query_id, None).await?;
                 match std::mem::replace(&mut self.q.steps[i], Step::Plugin(step)) {
                     Step::Plugin(old) => Prepared::Transform(old),
-                    Step::Sql(_) => return Err(Error::Internal(format!("step {i} is SQL, not a plugin"))),
+                    _ => return Err(Error::Internal(format!("step {i} is not a plugin"))),
                 }
             }
             (StepRef::Sink, Prepared::Sink(mut sink)) => {
@@ -334,9 +410,18 @@ impl Runner {
         let executed = self.execute(&mut b).await?;
         self.pauses.at("after sink").await;
 
+        // The watermark the next batch runs with.
+        let next_watermark = match (&mut self.watermark, b.watermark_ms) {
+            (Some(w), Some(current)) => {
+                w.last_ms = current;
+                w.next_ms = executed.event_time.next_watermark(current, w.delay_ms);
+                w.next_ms
+            }
+            _ => 0,
+        };
         let t = Instant::now();
         if let Some(c) = &self.ckpt {
-            c.write_commit(self.batch_id, &CommitEntry { next_batch_watermark_ms: 0 }).await?;
+            c.write_commit(self.batch_id, &CommitEntry { next_batch_watermark_ms: next_watermark }).await?;
             if self.batch_id.is_multiple_of(10) {
                 c.purge(self.batch_id.saturating_sub(crate::state::MIN_BATCHES_TO_RETAIN), 1).await?;
             }
@@ -389,7 +474,7 @@ impl Runner {
         }
         self.saved.extend(saved);
         let entry = OffsetEntry {
-            batch_watermark_ms: 0,
+            batch_watermark_ms: b.watermark_ms.unwrap_or(0),
             batch_timestamp_ms: b.timestamp_ms,
             conf: self.q.conf.clone(),
             plugins,
@@ -402,7 +487,8 @@ impl Runner {
     async fn execute(&mut self, b: &mut Batch) -> Result<Executed> {
         let t = Instant::now();
         self.q.source.begin_batch(self.batch_id, b.timestamp_ms);
-        let data = self.q.source.get_batch(self.committed.as_ref(), &b.end).await?;
+        let data =
+            if b.no_data { Vec::new() } else { self.q.source.get_batch(self.committed.as_ref(), &b.end).await? };
         b.durations.insert("getBatch".to_string(), t.elapsed().as_millis() as u64);
         let input_rows = rows(&data);
         let parts = num_partitions(&data);
@@ -414,8 +500,13 @@ impl Runner {
             attempt: 0,
             partition: 0,
             num_partitions: parts,
-            watermark_ms: None,
+            watermark_ms: b.watermark_ms,
             batch_timestamp_ms: b.timestamp_ms,
+        };
+        let mut event_time = EventTimeStats::default();
+        let watermark = match (b.late_events_ms, b.watermark_ms) {
+            (Some(late_events_ms), Some(eviction_ms)) => Some(BatchWatermark { late_events_ms, eviction_ms }),
+            _ => None,
         };
         let mut plugins = self.q.source.plugin_progress();
         let mut state_ops = Vec::new();
@@ -427,19 +518,20 @@ impl Runner {
                     plugins.push(progress);
                     out
                 }
+                Step::Watermark(w) => {
+                    w.observe(&current, &mut event_time)?;
+                    current
+                }
+                Step::Dedup(d) => {
+                    let out = d.process(self.batch_id, watermark, current).await?;
+                    state_ops.push(state_progress(d.operator_name(), &d.state_metrics()));
+                    out
+                }
                 Step::Sql(s) => {
                     let input = current.into_iter().map(|(_, b)| b).collect();
-                    let out = s.process(self.batch_id, b.timestamp_ms, input, self.q.mode).await?;
+                    let out = s.process(self.batch_id, b.timestamp_ms, watermark, input, self.q.mode).await?;
                     if let Some(m) = s.state_metrics() {
-                        state_ops.push(StateOperatorProgress {
-                            operator_name: "stateStoreSave".into(),
-                            num_rows_total: m.num_rows_total,
-                            num_rows_updated: m.num_rows_updated,
-                            num_rows_removed: 0,
-                            commit_time_ms: m.commit_time_ms,
-                            memory_used_bytes: m.memory_used_bytes,
-                            num_rows_dropped_by_watermark: 0,
-                        });
+                        state_ops.push(state_progress("stateStoreSave", &m));
                     }
                     out.into_iter().enumerate().map(|(i, b)| (i as u32 % parts, b)).collect()
                 }
@@ -450,7 +542,7 @@ impl Runner {
             query_id: self.query_id.clone(),
             batch_id: self.batch_id,
             timestamp_ms: b.timestamp_ms,
-            watermark_ms: None,
+            watermark_ms: b.watermark_ms,
             rerun: b.rerun,
             attempt: 0,
             num_partitions: parts,
@@ -460,7 +552,7 @@ impl Runner {
         self.q.sink.write_batch(&meta, current).await?;
         plugins.extend(self.q.sink.plugin_progress());
         b.durations.insert("addBatch".to_string(), t.elapsed().as_millis() as u64);
-        Ok(Executed { input_rows, output_rows, plugins, state_ops })
+        Ok(Executed { input_rows, output_rows, plugins, state_ops, event_time })
     }
 
     /// Publishes the batch's progress (Spark's `StreamingQueryProgress`).
@@ -492,7 +584,10 @@ impl Runner {
             input_rows_per_second: input_rate,
             processed_rows_per_second: processed_rate,
             duration_ms: std::mem::take(&mut b.durations),
-            event_time: BTreeMap::new(),
+            event_time: match b.watermark_ms {
+                Some(w) => e.event_time.progress(w),
+                None => BTreeMap::new(),
+            },
             state_operators: e.state_ops,
             sources: vec![source],
             sink: SinkProgress { description: self.q.sink.description(), num_output_rows: e.output_rows as i64 },

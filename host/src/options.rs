@@ -167,6 +167,42 @@ pub(crate) fn parse_duration(text: &str) -> std::result::Result<std::time::Durat
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+/// Parses a Spark duration string (`"10 minutes"`, `"1 hour 30 minutes"`, `"interval 5
+/// seconds"`, `"100 milliseconds"`) into microseconds. Months and years have no fixed length
+/// and are refused, as Spark refuses them for windows and watermarks.
+pub(crate) fn parse_interval_us(text: &str) -> std::result::Result<i64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let body = lower.strip_prefix("interval").unwrap_or(&lower).trim();
+    let words: Vec<&str> = body.split_whitespace().collect();
+    if words.is_empty() || !words.len().is_multiple_of(2) {
+        return Err(format!("`{text}` is not a duration; write e.g. \"10 minutes\" or \"1 hour 30 minutes\""));
+    }
+    let mut total: i64 = 0;
+    for pair in words.chunks(2) {
+        let n: i64 = pair[0].parse().map_err(|_| format!("`{text}`: `{}` is not a whole number", pair[0]))?;
+        let unit: i64 = match pair[1].trim_end_matches('s') {
+            "microsecond" | "us" => 1,
+            "millisecond" | "ms" => 1_000,
+            "second" | "sec" => 1_000_000,
+            "minute" | "min" => 60_000_000,
+            "hour" => 3_600_000_000,
+            "day" => 86_400_000_000,
+            "week" => 7 * 86_400_000_000,
+            "month" | "year" => {
+                return Err(format!("`{text}`: months and years have no fixed length; use days or weeks"));
+            }
+            other => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{other}`; use microseconds, milliseconds, seconds, minutes, hours, days or weeks"
+                ));
+            }
+        };
+        total =
+            n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(|| format!("`{text}` is too long"))?;
+    }
+    Ok(total)
+}
+
 /// Parses a byte size: `64MiB`, `512KiB`, `1GiB`, `1000000`.
 pub(crate) fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
     let t = text.trim();
@@ -186,6 +222,17 @@ pub(crate) fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_like_spark() {
+        assert_eq!(parse_interval_us("10 minutes"), Ok(10 * 60_000_000));
+        assert_eq!(parse_interval_us("interval 1 hour 30 minutes"), Ok(90 * 60_000_000));
+        assert_eq!(parse_interval_us("1 second"), Ok(1_000_000));
+        assert_eq!(parse_interval_us("250 milliseconds"), Ok(250_000));
+        assert!(parse_interval_us("1 month").unwrap_err().contains("no fixed length"));
+        assert!(parse_interval_us("ten minutes").is_err());
+        assert!(parse_interval_us("10 fortnights").unwrap_err().contains("unknown unit"));
+    }
 
     #[test]
     fn durations() {

@@ -154,6 +154,32 @@ impl StreamingDataFrame {
         self
     }
 
+    /// Spark's `withWatermark`: event time is `column` (a TIMESTAMP), and events may arrive up
+    /// to `delay` (`"10 minutes"`) late; later aggregations by a window of it close windows and
+    /// evict their state as the watermark passes them. A bad delay fails when the query starts.
+    pub fn with_watermark(mut self, column: &str, delay: &str) -> Self {
+        self.transforms.push(TransformSpec::Watermark { column: column.to_string(), delay: delay.to_string() });
+        self
+    }
+
+    /// Spark's `dropDuplicates(columns)`: passes on the first row of each key (every column
+    /// when `columns` is empty). With a watermark whose column is among the keys, keys are
+    /// forgotten once the watermark passes them; otherwise they are kept forever.
+    pub fn drop_duplicates(mut self, columns: &[&str]) -> Self {
+        let columns = columns.iter().map(|c| c.to_string()).collect();
+        self.transforms.push(TransformSpec::DropDuplicates { columns, within_watermark: false });
+        self
+    }
+
+    /// Spark's `dropDuplicatesWithinWatermark(columns)`: passes on the first row of each key and
+    /// drops its duplicates that arrive until the watermark passes its event time plus the
+    /// watermark's delay. Needs a watermark.
+    pub fn drop_duplicates_within_watermark(mut self, columns: &[&str]) -> Self {
+        let columns = columns.iter().map(|c| c.to_string()).collect();
+        self.transforms.push(TransformSpec::DropDuplicates { columns, within_watermark: true });
+        self
+    }
+
     /// Adds a Wasm plugin step with string config values and default limits.
     pub fn plugin<K: ToString, V: ToString>(
         self,

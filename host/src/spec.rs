@@ -36,7 +36,7 @@ impl PipelineSpec {
     pub fn plugins(&self) -> impl Iterator<Item = &PluginSpec> {
         let transforms = self.transforms.iter().filter_map(|t| match t {
             TransformSpec::Plugin(p) => Some(p),
-            TransformSpec::Sql { .. } => None,
+            TransformSpec::Sql { .. } | TransformSpec::Watermark { .. } | TransformSpec::DropDuplicates { .. } => None,
         });
         self.source.plugin.iter().chain(transforms).chain(self.sink.plugin.iter())
     }
@@ -85,6 +85,32 @@ pub enum TransformSpec {
         /// The query.
         query: String,
     },
+    /// Spark's `withWatermark(column, delay)`: the event-time watermark is the latest event time
+    /// seen in `column` minus `delay`. Rows pass through unchanged; later aggregations by a
+    /// window of `column` (or `column` itself) drop rows behind it and close their groups.
+    Watermark {
+        /// The event-time column (a TIMESTAMP).
+        column: String,
+        /// How late an event may arrive, a Spark interval (`"10 minutes"`).
+        delay: String,
+    },
+    /// Spark's `dropDuplicates(columns)` (or, with `within_watermark`,
+    /// `dropDuplicatesWithinWatermark(columns)`): passes on the first row of each key.
+    DropDuplicates {
+        /// The key columns (empty: every column).
+        columns: Vec<String>,
+        /// Keep each key only until the watermark passes its first event time plus the delay.
+        within_watermark: bool,
+    },
+}
+
+/// A watermark delay (`"10 minutes"`, `"1 hour 30 minutes"`) in milliseconds.
+pub(crate) fn watermark_delay_ms(delay: &str) -> std::result::Result<i64, String> {
+    let us = crate::options::parse_interval_us(delay).map_err(|e| format!("watermark delay: {e}"))?;
+    if us < 0 {
+        return Err(format!("watermark delay `{delay}` must not be negative"));
+    }
+    Ok(us / 1000)
 }
 
 /// The sink.

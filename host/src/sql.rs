@@ -22,7 +22,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use arrow_array::{ArrayRef, BinaryArray, BooleanArray, RecordBatch};
+use arrow_array::{Array, ArrayRef, BinaryArray, BooleanArray, RecordBatch};
 use arrow_row::{RowConverter, SortField};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -46,7 +46,9 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, collect_partitioned,
 };
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Ident, ObjectName, ObjectNamePart, visit_expressions_mut};
+use datafusion::sql::sqlparser::ast::{
+    AccessExpr, Expr as SqlExpr, Ident, ObjectName, ObjectNamePart, Subscript, Value as SqlValue, visit_expressions_mut,
+};
 
 use crate::error::{Error, Result};
 use crate::spec::OutputMode;
@@ -55,11 +57,18 @@ use crate::state::StateStore;
 /// An aggregate and its `FILTER (WHERE ...)`, if any.
 type AggregateWithFilter = (Arc<AggregateFunctionExpr>, Option<Arc<dyn PhysicalExpr>>);
 
+mod dedup;
+mod expiry;
 mod functions;
+mod spark_time;
 mod state_table;
+mod window;
 
+use expiry::{EventTimeKey, Expiry};
 use functions::BatchClock;
 use state_table::StateTable;
+
+pub(crate) use dedup::DedupStep;
 
 /// Batches shared between the engine and a table the plan scans.
 #[derive(Debug, Clone, Default)]
@@ -229,6 +238,8 @@ fn new_context(clock: &BatchClock) -> SessionContext {
         SessionStateBuilder::new().with_config(config).with_default_features().with_optimizer_rules(rules).build();
     let ctx = SessionContext::new_with_state(state);
     functions::register(&ctx, clock);
+    window::register(&ctx);
+    spark_time::register(&ctx);
     ctx
 }
 
@@ -246,16 +257,90 @@ fn resolve_case(ident: &mut Ident, columns: &[String]) {
     }
 }
 
+/// Spark names an unaliased `window(...)` / `session_window(...)` select item `window` /
+/// `session_window`; so does Sluice (in every SELECT of the query).
+fn name_windows(query: &mut datafusion::sql::sqlparser::ast::Query) {
+    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+    let SetExpr::Select(select) = query.body.as_mut() else { return };
+    for item in &mut select.projection {
+        let SelectItem::UnnamedExpr(SqlExpr::Function(f)) = item else { continue };
+        let name = f.name.to_string().to_ascii_lowercase();
+        if name == "window" || name == "session_window" {
+            let expr = SqlExpr::Function(f.clone());
+            *item = SelectItem::ExprWithAlias { expr, alias: Ident::new(name) };
+        }
+    }
+}
+
+/// Spark syntax the parser does not take, as calls it does: `EXTRACT(field FROM x)` as
+/// `date_part('field', x)` (the parser knows only some of Spark's fields: `DAYOFWEEK_ISO`,
+/// `YEAROFWEEK`, `QTR` would not parse), and `timestampadd(MONTH, n, ts)` /
+/// `timestampdiff(SECOND, a, b)` (and Spark's `dateadd` / `datediff` / `date_add` /
+/// `date_diff` spellings of them) with the unit as a string.
+fn spark_syntax(sql: &str) -> String {
+    const UNITS: &str = "year|quarter|month|week|dayofyear|day|hour|minute|second|millisecond|microsecond";
+    static RULES: std::sync::OnceLock<Vec<(regex::Regex, &'static str)>> = std::sync::OnceLock::new();
+    let rules = RULES.get_or_init(|| {
+        let rule = |re: String, to| regex::Regex::new(&re).ok().map(|r| (r, to));
+        [
+            rule(r"(?i)\bextract\s*\(\s*([a-z_]+)\s+from\b".into(), "date_part('$1', "),
+            rule(format!(r"(?i)\b(?:timestampadd|dateadd|date_add)\s*\(\s*({UNITS})\s*,"), "timestampadd('$1',"),
+            rule(format!(r"(?i)\b(?:timestampdiff|datediff|date_diff)\s*\(\s*({UNITS})\s*,"), "timestampdiff('$1',"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    });
+    let mut out = sql.to_string();
+    for (re, to) in rules {
+        out = re.replace_all(&out, *to).into_owned();
+    }
+    out
+}
+
+/// A step's planned query, and what the window rewrite added (column, its time column).
+struct Planned {
+    plan: LogicalPlan,
+    windows: Vec<(String, Expr)>,
+}
+
 /// Parses `sql` (Spark-flavoured: backquoted identifiers, backslash escapes in strings,
-/// `explode`, case-insensitive column names) and plans it over input columns `columns`.
-async fn plan_sql(ctx: &SessionContext, sql: &str, columns: &[String]) -> datafusion::error::Result<LogicalPlan> {
+/// `explode`, `window`, case-insensitive column names) and plans it over input columns `columns`.
+async fn plan_sql(ctx: &SessionContext, sql: &str, columns: &[String]) -> datafusion::error::Result<Planned> {
     let state = ctx.state();
-    let mut statement = state.sql_to_statement(sql, &Dialect::MySQL)?;
+    let sql = spark_syntax(sql);
+    let mut statement = state.sql_to_statement(&sql, &Dialect::MySQL)?;
     if let datafusion::sql::parser::Statement::Statement(s) = &mut statement {
+        if let datafusion::sql::sqlparser::ast::Statement::Query(q) = s.as_mut() {
+            name_windows(q);
+        }
         let _ = visit_expressions_mut(s.as_mut(), |e| {
+            // `s RLIKE p` / `s REGEXP p`: Spark's Java-regex find, the `rlike` function.
+            if let SqlExpr::RLike { negated, expr, pattern, .. } = e {
+                let text = format!("{}rlike({expr}, {pattern})", if *negated { "NOT " } else { "" });
+                let dialect = datafusion::sql::sqlparser::dialect::MySqlDialect {};
+                let parsed = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+                    .try_with_sql(&text)
+                    .and_then(|mut p| p.parse_expr());
+                if let Ok(call) = parsed {
+                    *e = call;
+                }
+            }
             match e {
                 SqlExpr::Function(f) if f.name.to_string().eq_ignore_ascii_case("explode") => {
                     f.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new("unnest"))]);
+                }
+                // `window(ts, '10 minutes').start`: a field of a function's struct, as Spark
+                // allows; DataFusion reads a field of a column only, or `expr['start']`.
+                SqlExpr::CompoundFieldAccess { root, access_chain }
+                    if !matches!(root.as_ref(), SqlExpr::Identifier(_) | SqlExpr::CompoundIdentifier(_)) =>
+                {
+                    for a in access_chain.iter_mut() {
+                        if let AccessExpr::Dot(SqlExpr::Identifier(id)) = a {
+                            let index = SqlExpr::value(SqlValue::SingleQuotedString(id.value.clone()));
+                            *a = AccessExpr::Subscript(Subscript::Index { index });
+                        }
+                    }
                 }
                 SqlExpr::Identifier(ident) => resolve_case(ident, columns),
                 SqlExpr::CompoundIdentifier(parts) => {
@@ -271,7 +356,8 @@ async fn plan_sql(ctx: &SessionContext, sql: &str, columns: &[String]) -> datafu
         return Err(DataFusionError::Plan("a SQL step must be a query (SELECT ...)".into()));
     }
     let plan = state.statement_to_plan(statement).await?;
-    state.optimize(&plan)
+    let (plan, windows) = window::rewrite(plan)?;
+    Ok(Planned { plan: state.optimize(&plan)?, windows })
 }
 
 fn contains_aggregate(plan: &LogicalPlan) -> bool {
@@ -281,7 +367,14 @@ fn contains_aggregate(plan: &LogicalPlan) -> bool {
 impl SqlStep {
     /// Plans `query` over an input of `input_schema`. `mode` is the query's output mode, which
     /// decides whether ORDER BY / LIMIT after an aggregation are allowed.
-    pub(crate) async fn try_new(index: usize, query: &str, input_schema: SchemaRef, mode: OutputMode) -> Result<Self> {
+    /// `watermark` names the input column a watermark is defined on, if any.
+    pub(crate) async fn try_new(
+        index: usize,
+        query: &str,
+        input_schema: SchemaRef,
+        mode: OutputMode,
+        watermark: Option<&str>,
+    ) -> Result<Self> {
         let sql_err = |source| Error::Sql { step: index, source };
         let unsupported = |message: String| Error::Unsupported { step: index, message };
         let clock = BatchClock::default();
@@ -294,7 +387,7 @@ impl SqlStep {
         )
         .map_err(sql_err)?;
         let columns: Vec<String> = input_schema.fields().iter().map(|f| f.name().clone()).collect();
-        let plan = plan_sql(&ctx, query, &columns).await.map_err(sql_err)?;
+        let Planned { plan, windows } = plan_sql(&ctx, query, &columns).await.map_err(sql_err)?;
 
         // Refuse what a stream cannot do, naming the operator.
         let mut aggregates = 0;
@@ -337,7 +430,10 @@ impl SqlStep {
         let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let kind = match aggregates {
             0 => Kind::Stateless(CachedPlan::new(&ctx, &plan).await.map_err(sql_err)?),
-            1 => Kind::Aggregate(Box::new(Aggregator::try_new(&ctx, &plan).await.map_err(sql_err)?)),
+            1 => {
+                let event_time = watermark.map(|column| (column, windows.as_slice()));
+                Kind::Aggregate(Box::new(Aggregator::try_new(&ctx, &plan, event_time).await.map_err(sql_err)?))
+            }
             _ => {
                 return Err(unsupported(
                     "more than one aggregation in a query is not supported on streams; split it into steps or use one GROUP BY".into(),
@@ -352,18 +448,27 @@ impl SqlStep {
         matches!(self.kind, Kind::Aggregate(_))
     }
 
+    /// Whether its aggregation groups by the watermark's event time (a window of it, or the
+    /// column itself), so the watermark closes groups: append mode can emit them, and update
+    /// and append modes evict their state.
+    pub(crate) fn has_event_time_key(&self) -> bool {
+        matches!(&self.kind, Kind::Aggregate(a) if a.event_time.is_some())
+    }
+
     /// The schema of the step's output.
     pub(crate) fn output_schema(&self) -> SchemaRef {
         self.output_schema.clone()
     }
 
     /// Runs the step on batch `batch_id`, whose timestamp (`now()`, `current_timestamp()`) is
-    /// `timestamp_ms`. For an aggregation, returns what `mode` says to emit and, with a state
-    /// store attached, commits state version `batch_id + 1`.
+    /// `timestamp_ms`, with the batch's event-time `watermark`, if the query has one. For an
+    /// aggregation, returns what `mode` says to emit and, with a state store attached, commits
+    /// state version `batch_id + 1`.
     pub(crate) async fn process(
         &mut self,
         batch_id: u64,
         timestamp_ms: i64,
+        watermark: Option<BatchWatermark>,
         input: Vec<RecordBatch>,
         mode: OutputMode,
     ) -> Result<Vec<RecordBatch>> {
@@ -373,14 +478,14 @@ impl SqlStep {
         self.input.set(input);
         let out = match &mut self.kind {
             Kind::Stateless(plan) => plan.run(&self.ctx).await.map_err(sql_err),
-            Kind::Aggregate(agg) => match agg.process(&self.ctx, mode).await.map_err(sql_err) {
+            Kind::Aggregate(agg) => match agg.process(&self.ctx, mode, watermark).await.map_err(sql_err) {
                 Err(e) => Err(e),
-                Ok((out, delta)) => {
+                Ok((out, delta, removed)) => {
                     let started = std::time::Instant::now();
                     if let Some(store) = &agg.store {
                         let schema = &agg.state_schema;
                         let delta = delta.unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
-                        store.commit(batch_id + 1, schema, &delta, || agg.snapshot()).await?;
+                        store.commit(batch_id + 1, schema, &delta, &removed, || agg.snapshot()).await?;
                     }
                     agg.commit_ms = started.elapsed().as_millis() as u64;
                     Ok(out)
@@ -407,21 +512,8 @@ impl SqlStep {
     pub(crate) async fn attach_state(&mut self, store: StateStore, version: u64, checkpoint: &str) -> Result<()> {
         let index = self.index;
         let Kind::Aggregate(agg) = &mut self.kind else { return Ok(()) };
-        let now = agg.fingerprint();
-        match store.schema_fingerprint().await? {
-            Some(before) if before != now => {
-                return Err(Error::IncompatibleChange {
-                    checkpoint: checkpoint.to_string(),
-                    what: format!(
-                        "the aggregation in SQL step {index} (grouping keys, aggregate functions, state schema)"
-                    ),
-                    before,
-                    now,
-                });
-            }
-            Some(_) => {}
-            None => store.write_schema_fingerprint(&now).await?,
-        }
+        let what = format!("the aggregation in SQL step {index} (grouping keys, aggregate functions, state schema)");
+        store.check_fingerprint(&agg.fingerprint(), checkpoint, what).await?;
         let rows = store.load(version).await?;
         let rows = crate::state::last_per_key(&agg.state_schema, &rows, agg.group_exprs.len())?;
         agg.restore(rows).map_err(|source| Error::Sql { step: index, source })?;
@@ -446,11 +538,22 @@ impl SqlStep {
     }
 }
 
+/// The watermarks a batch runs with (Spark's, with several stateful operators allowed): rows
+/// at or behind `late_events_ms` (the previous batch's watermark) are late and dropped; groups
+/// at or behind `eviction_ms` (this batch's) are closed and evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchWatermark {
+    pub(crate) late_events_ms: i64,
+    pub(crate) eviction_ms: i64,
+}
+
 /// State metrics of one stateful operator (Spark's `stateOperators[]`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StateMetrics {
     pub(crate) num_rows_total: u64,
     pub(crate) num_rows_updated: u64,
+    pub(crate) num_rows_removed: u64,
+    pub(crate) num_rows_dropped_by_watermark: u64,
     pub(crate) memory_used_bytes: u64,
     pub(crate) commit_time_ms: u64,
 }
@@ -478,6 +581,19 @@ struct Aggregator {
     /// Per group id, its index among the current batch's groups (`u32::MAX`: not touched).
     local_of: Vec<u32>,
     last_updated: u64,
+    /// The group key holding the watermark's event time, if any.
+    event_time: Option<EventTimeKey>,
+    /// Groups by event-time bound, for eviction.
+    expiry: Expiry,
+    last_removed: u64,
+    last_dropped: u64,
+    /// This batch's rows with an event-time bound at or before this (µs) are late.
+    late_at_us: Option<i64>,
+    /// This batch closes the groups with an event-time bound at or before this (µs).
+    evict_at_us: Option<i64>,
+    /// Keys of the late rows this batch dropped (Spark counts them after partial aggregation:
+    /// one per late group).
+    late_keys: std::collections::HashSet<Vec<u8>>,
     /// Durable state, when the query has a checkpoint.
     store: Option<StateStore>,
     commit_ms: u64,
@@ -507,7 +623,13 @@ fn group_accumulator(agg: &Arc<AggregateFunctionExpr>) -> datafusion::error::Res
 const AGG_TABLE: &str = "__sluice_aggregate";
 
 impl Aggregator {
-    async fn try_new(ctx: &SessionContext, plan: &LogicalPlan) -> datafusion::error::Result<Self> {
+    /// `event_time`: the watermark's column, and the columns the window rewrite added (each
+    /// with its time column).
+    async fn try_new(
+        ctx: &SessionContext,
+        plan: &LogicalPlan,
+        event_time: Option<(&str, &[(String, Expr)])>,
+    ) -> datafusion::error::Result<Self> {
         let mut found = None;
         plan.apply(|n| {
             if let LogicalPlan::Aggregate(a) = n {
@@ -517,6 +639,7 @@ impl Aggregator {
             Ok(TreeNodeRecursion::Continue)
         })?;
         let agg = found.ok_or_else(|| DataFusionError::Internal("no aggregate in plan".into()))?;
+        let event_time = event_time.and_then(|(column, windows)| event_time_key(&agg.group_expr, column, windows));
         let below = agg.input.as_ref().clone();
         let below_df: &DFSchema = below.schema();
         let below_arrow: Schema = below_df.as_arrow().clone();
@@ -597,6 +720,13 @@ impl Aggregator {
             state_schema,
             local_of: Vec::new(),
             last_updated: 0,
+            event_time,
+            expiry: Expiry::default(),
+            last_removed: 0,
+            last_dropped: 0,
+            late_at_us: None,
+            evict_at_us: None,
+            late_keys: Default::default(),
             store: None,
             commit_ms: 0,
         })
@@ -609,6 +739,11 @@ impl Aggregator {
     /// Feeds one input batch: interns its keys, brings in the state of groups this batch has
     /// not seen yet, then updates the accumulators with its rows.
     fn update(&mut self, t: &mut Touched, batch: &RecordBatch) -> datafusion::error::Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let (batch, keys, bounds) = self.keys_of(batch)?;
+        let batch = &batch;
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
@@ -616,12 +751,7 @@ impl Aggregator {
         let mut gids: Vec<usize> = Vec::with_capacity(n);
         match &self.converter {
             Some(converter) => {
-                let cols = self
-                    .group_exprs
-                    .iter()
-                    .map(|e| e.evaluate(batch)?.into_array(n))
-                    .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
-                let cols = conform_columns(&self.state_schema, cols)?;
+                let cols = keys;
                 let rows = converter.convert_columns(&cols)?;
                 self.table.intern(rows.iter().map(|r| r.data()), &mut gids);
                 t.keys.push(cols);
@@ -649,6 +779,10 @@ impl Aggregator {
                 if self.table.contains(g as u32) {
                     known.push(g as u32);
                     known_local.push(l as usize);
+                } else if let Some(b) = &bounds
+                    && b.is_valid(row)
+                {
+                    self.expiry.insert(b.value(row), g as u32);
                 }
             }
             local.push(l as usize);
@@ -676,6 +810,46 @@ impl Aggregator {
             acc.update_batch(&values, &local, filter.as_ref(), k)?;
         }
         Ok(())
+    }
+
+    /// A batch's group keys, with late rows dropped: those whose event-time bound the watermark
+    /// has reached (counted), as Spark drops them. Returns the rows kept, their keys and their
+    /// event-time bounds (with an event-time key).
+    fn keys_of(
+        &mut self,
+        batch: &RecordBatch,
+    ) -> datafusion::error::Result<(RecordBatch, Vec<ArrayRef>, Option<arrow_array::Int64Array>)> {
+        let n = batch.num_rows();
+        if self.converter.is_none() {
+            return Ok((batch.clone(), Vec::new(), None));
+        }
+        let cols = self
+            .group_exprs
+            .iter()
+            .map(|e| e.evaluate(batch)?.into_array(n))
+            .collect::<datafusion::error::Result<Vec<ArrayRef>>>()?;
+        let cols = conform_columns(&self.state_schema, cols)?;
+        let Some(et) = self.event_time else { return Ok((batch.clone(), cols, None)) };
+        let bounds = et.bounds(&cols[et.key])?;
+        let Some(w) = self.late_at_us else { return Ok((batch.clone(), cols, Some(bounds))) };
+        let keep: BooleanArray = bounds.iter().map(|b| Some(b.is_none_or(|b| b > w))).collect();
+        let kept = keep.true_count();
+        if kept == n {
+            return Ok((batch.clone(), cols, Some(bounds)));
+        }
+        if let Some(converter) = &self.converter {
+            let rows = converter.convert_columns(&cols)?;
+            for (i, k) in keep.iter().enumerate() {
+                if k == Some(false) {
+                    self.late_keys.insert(rows.row(i).as_ref().to_vec());
+                }
+            }
+        }
+        let cols =
+            cols.iter().map(|c| arrow_select::filter::filter(c, &keep)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let bounds = arrow_select::filter::filter(&bounds, &keep)?;
+        let bounds = bounds.as_any().downcast_ref::<arrow_array::Int64Array>().cloned();
+        Ok((arrow_select::filter::filter_record_batch(batch, &keep)?, cols, bounds))
     }
 
     /// The touched groups' new state rows, in local order: as the state store keeps them
@@ -732,6 +906,15 @@ impl Aggregator {
         self.table = StateTable::new(self.table.schema());
         let mut ids = Vec::with_capacity(n);
         self.table.intern(keys.iter().map(Option::unwrap_or_default), &mut ids);
+        self.expiry.clear();
+        if let Some(et) = self.event_time {
+            let bounds = et.bounds(rows.column(et.key))?;
+            for (i, g) in ids.iter().enumerate() {
+                if bounds.is_valid(i) {
+                    self.expiry.insert(bounds.value(i), *g as u32);
+                }
+            }
+        }
         let mut page: Vec<ArrayRef> = vec![Arc::new(keys)];
         page.extend(rows.columns()[nk..].iter().cloned());
         let page = conform(&self.table.schema(), page, n)?;
@@ -750,22 +933,43 @@ impl Aggregator {
         let pages = self.table.pages();
         let converter = self.converter.clone();
         let schema = self.state_schema.clone();
-        Box::new(pages.into_iter().map(move |p| Ok(typed_rows(converter.as_deref(), &schema, &p)?)))
+        Box::new(pages.into_iter().map(move |(page, live)| {
+            let page = match live {
+                Some(mask) => arrow_select::filter::filter_record_batch(&page, &mask)?,
+                None => page,
+            };
+            Ok(typed_rows(converter.as_deref(), &schema, &page)?)
+        }))
     }
 
-    /// Runs the batch in the `input` slot: returns what `mode` emits and, with a state store,
-    /// the delta (the touched groups' new state rows).
+    /// Runs the batch in the `input` slot with watermark `watermark_ms`: returns what `mode`
+    /// emits and, with a state store, the delta (the touched groups' new state rows) and the
+    /// key columns of the groups evicted.
     async fn process(
         &mut self,
         ctx: &SessionContext,
         mode: OutputMode,
-    ) -> datafusion::error::Result<(Vec<RecordBatch>, Option<RecordBatch>)> {
+        watermark: Option<BatchWatermark>,
+    ) -> datafusion::error::Result<(Vec<RecordBatch>, Option<RecordBatch>, Vec<ArrayRef>)> {
+        // Spark: the watermark drops late rows and evicts state in append and update modes;
+        // complete mode keeps every group.
+        let w = match (self.event_time, watermark, mode) {
+            (Some(_), Some(w), OutputMode::Append | OutputMode::Update) => Some(w),
+            _ => None,
+        };
+        self.late_at_us = w.map(|w| w.late_events_ms.saturating_mul(1000));
+        self.evict_at_us = w.map(|w| w.eviction_ms.saturating_mul(1000));
+        self.late_keys.clear();
+        self.last_dropped = 0;
+        self.last_removed = 0;
         let mut t =
             Touched { gids: Vec::new(), key_at: Vec::new(), keys: Vec::new(), accs: self.fresh_accumulators()? };
         let result = self.process_touched(ctx, mode, &mut t).await;
         for g in &t.gids {
             self.local_of[*g as usize] = u32::MAX;
         }
+        self.last_dropped = self.late_keys.len() as u64;
+        self.late_keys = Default::default();
         result
     }
 
@@ -774,7 +978,7 @@ impl Aggregator {
         ctx: &SessionContext,
         mode: OutputMode,
         t: &mut Touched,
-    ) -> datafusion::error::Result<(Vec<RecordBatch>, Option<RecordBatch>)> {
+    ) -> datafusion::error::Result<(Vec<RecordBatch>, Option<RecordBatch>, Vec<ArrayRef>)> {
         for b in self.below.run(ctx).await? {
             self.update(t, &b)?;
         }
@@ -789,28 +993,65 @@ impl Aggregator {
             }
             emit = Some(rows);
         }
+        let (expired, removed) = self.evict()?;
         let emit = match mode {
             OutputMode::Complete if self.table.len() > 0 => {
                 Some(typed_rows(self.converter.as_deref(), &self.state_schema, &self.table.all()?)?)
             }
             OutputMode::Complete => None,
+            // With an event-time key, append mode emits each group once: when it expires.
+            OutputMode::Append if self.event_time.is_some() => expired,
             _ => emit,
         };
-        let Some(emit) = emit else { return Ok((Vec::new(), delta)) };
+        let Some(emit) = emit else { return Ok((Vec::new(), delta, removed)) };
         self.out.set(vec![self.finalize(&emit)?]);
         let result = self.above.run(ctx).await;
         self.out.set(Vec::new());
-        Ok((result?, delta))
+        Ok((result?, delta, removed))
+    }
+
+    /// Removes the groups the watermark has passed: returns their final state rows and their
+    /// key columns.
+    fn evict(&mut self) -> datafusion::error::Result<(Option<RecordBatch>, Vec<ArrayRef>)> {
+        let Some(w) = self.evict_at_us else { return Ok((None, Vec::new())) };
+        let gids: Vec<u32> = self.expiry.take_expired(w).into_iter().filter(|g| self.table.contains(*g)).collect();
+        if gids.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        let rows = typed_rows(self.converter.as_deref(), &self.state_schema, &self.table.get(&gids)?)?;
+        self.table.remove(&gids)?;
+        self.last_removed = gids.len() as u64;
+        let keys = rows.columns()[..self.group_exprs.len()].to_vec();
+        Ok((Some(rows), keys))
     }
 
     fn metrics(&self) -> StateMetrics {
         StateMetrics {
             num_rows_total: self.table.len() as u64,
             num_rows_updated: self.last_updated,
-            memory_used_bytes: (self.table.memory() + self.local_of.capacity() * 4) as u64,
+            num_rows_removed: self.last_removed,
+            num_rows_dropped_by_watermark: self.last_dropped,
+            memory_used_bytes: (self.table.memory() + self.local_of.capacity() * 4 + self.expiry.memory()) as u64,
             commit_time_ms: self.commit_ms,
         }
     }
+}
+
+/// The group key that holds the watermark's event time: `window(<column>, ...)` (or the column
+/// the window rewrite made of a sliding one), or `<column>` itself.
+fn event_time_key(group: &[Expr], column: &str, windows: &[(String, Expr)]) -> Option<EventTimeKey> {
+    let is_time = |e: &Expr| matches!(e, Expr::Column(c) if c.name == column);
+    group.iter().enumerate().find_map(|(key, e)| {
+        let window = match e.clone().unalias() {
+            Expr::ScalarFunction(f) if f.func.name() == window::WINDOW => is_time(&f.args[0]),
+            Expr::Column(c) if c.name.starts_with(window::WINDOW_COLUMN) => {
+                windows.iter().any(|(name, time)| *name == c.name && is_time(time))
+            }
+            Expr::Column(c) if c.name == column => return Some(EventTimeKey { key, window: false }),
+            _ => false,
+        };
+        window.then_some(EventTimeKey { key, window: true })
+    })
 }
 
 /// State table rows (binary keys, state fields) as state rows (typed keys, state fields).

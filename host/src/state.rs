@@ -1,15 +1,17 @@
 //! The state store: versioned keyed state per stateful operator and partition.
 //!
 //! Version V is the state after batches 0..V-1. Batch N loads version N and writes version N+1
-//! as a **delta** (`state/<op>/<part>/<N+1>.delta`: the rows of the keys batch N changed), plus,
-//! every `min_deltas_for_snapshot` versions, a **snapshot** (`<V>.snapshot`: every key, possibly
-//! with superseded rows before a key's current one). Snapshots are encoded and written in the
+//! as a **delta** (`state/<op>/<part>/<N+1>.delta`: the rows of the keys batch N changed, then
+//! one tombstone row per key it removed — the file's schema metadata `sluice.removed` counts
+//! them), plus,
+//! every `min_deltas_for_snapshot` versions, a **snapshot** (`<V>.snapshot`: every live key's
+//! row). Snapshots are encoded and written in the
 //! background, so a snapshot batch does not stall the stream; a snapshot that is not there yet
 //! (or never landed, after a crash) costs only a longer replay of deltas, which are kept until
 //! a later snapshot covers them. Both are Arrow IPC files (a torn file fails to decode and is
 //! reported with its path). Loading V
 //! reads the latest snapshot at or below V and the deltas after it, in order; for each key the
-//! last row wins. A re-run of batch N overwrites version N+1, so replays are idempotent.
+//! last change wins (a row, or its removal). A re-run of batch N overwrites version N+1, so replays are idempotent.
 //! Versions older than the latest snapshot that still covers `min_batches_to_retain` batches
 //! are deleted.
 
@@ -27,6 +29,18 @@ use crate::error::{Error, Result};
 pub(crate) const MIN_DELTAS_FOR_SNAPSHOT: u64 = 10;
 /// Versions kept for recovery and inspection (Spark's `minBatchesToRetain`).
 pub(crate) const MIN_BATCHES_TO_RETAIN: u64 = 100;
+
+/// Schema metadata key of a delta file: how many of its last rows are removals (tombstones).
+pub(crate) const REMOVED_METADATA: &str = "sluice.removed";
+
+/// One step of a state's history, as [`StateStore::load`] reads it.
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    /// Rows that are their keys' current state.
+    Rows(RecordBatch),
+    /// Keys removed (their state columns are null).
+    Removed(RecordBatch),
+}
 
 /// A snapshot's rows, produced batch by batch as they are encoded (off the query loop, on the
 /// blocking pool), so only one batch of them exists at a time.
@@ -109,8 +123,9 @@ impl StateStore {
         Ok(v)
     }
 
-    /// The state at `version`: snapshot rows then delta rows, in order (last row per key wins).
-    pub(crate) async fn load(&self, version: u64) -> Result<Vec<RecordBatch>> {
+    /// The state at `version`: snapshot rows then each delta's rows and removals, in order (the
+    /// last change per key wins).
+    pub(crate) async fn load(&self, version: u64) -> Result<Vec<Change>> {
         if version == 0 {
             return Ok(Vec::new());
         }
@@ -120,7 +135,7 @@ impl StateStore {
         if base > 0 {
             let rel = format!("{}/{base}.snapshot", self.dir);
             let bytes = self.ckpt.read(&rel).await?.ok_or_else(|| Error::Internal(format!("{rel} vanished")))?;
-            out.extend(self.decode(&rel, bytes)?);
+            out.extend(self.decode(&rel, bytes)?.into_iter().map(Change::Rows));
         }
         for v in base + 1..=version {
             let rel = format!("{}/{v}.delta", self.dir);
@@ -128,22 +143,51 @@ impl StateStore {
                 path: self.ckpt.name(&rel),
                 reason: format!("missing: state version {version} needs every delta after snapshot {base}"),
             })?;
-            out.extend(self.decode(&rel, bytes)?);
+            let batches = self.decode(&rel, bytes)?;
+            let Some(first) = batches.first() else { continue };
+            let schema = first.schema();
+            let removed: usize = schema.metadata().get(REMOVED_METADATA).and_then(|n| n.parse().ok()).unwrap_or(0);
+            let all = arrow_select::concat::concat_batches(&schema, &batches)?;
+            let upserts = all.num_rows().checked_sub(removed).ok_or_else(|| Error::CorruptCheckpoint {
+                path: self.ckpt.name(&rel),
+                reason: format!("{removed} removals in a delta of {} rows", all.num_rows()),
+            })?;
+            out.push(Change::Rows(all.slice(0, upserts)));
+            if removed > 0 {
+                out.push(Change::Removed(all.slice(upserts, removed)));
+            }
         }
         Ok(out)
     }
 
-    /// Writes `version`: the delta now and, when one is due, a snapshot of `full()` (batches
-    /// read in order, last row per key wins) in the background. A snapshot still being written
-    /// when the next is due makes that one skipped; a failed one fails the next commit.
+    /// Writes `version`: the delta (`delta`'s rows, then a tombstone per key in `removed`, the
+    /// key columns of the keys removed) now and, when one is due, a snapshot of `full()` (one
+    /// row per live key) in the background. A snapshot still being written when the next is due
+    /// makes that one skipped; a failed one fails the next commit.
     pub(crate) async fn commit(
         &self,
         version: u64,
         schema: &SchemaRef,
         delta: &RecordBatch,
+        removed: &[arrow_array::ArrayRef],
         full: impl FnOnce() -> Snapshot,
     ) -> Result<()> {
-        self.ckpt.put(&format!("{}/{version}.delta", self.dir), encode(schema, [Ok(delta.clone())])?).await?;
+        let n = removed.first().map_or(0, |k| k.len());
+        let bytes = if n == 0 {
+            encode(schema, [Ok(delta.clone())])?
+        } else {
+            let mut cols = removed.to_vec();
+            cols.extend(
+                schema.fields().iter().skip(removed.len()).map(|f| arrow_array::new_null_array(f.data_type(), n)),
+            );
+            let mut metadata = schema.metadata().clone();
+            metadata.insert(REMOVED_METADATA.to_string(), n.to_string());
+            let with = Arc::new(arrow_schema::Schema::new_with_metadata(schema.fields().clone(), metadata));
+            let tombstones = RecordBatch::try_new(with.clone(), cols)?;
+            let delta = RecordBatch::try_new(with.clone(), delta.columns().to_vec())?;
+            encode(&with, [Ok(delta), Ok(tombstones)])?
+        };
+        self.ckpt.put(&format!("{}/{version}.delta", self.dir), bytes).await?;
         let mut slot = self.snapshot.lock().await;
         if slot.as_ref().is_some_and(JoinHandle::is_finished)
             && let Some(done) = slot.take()
@@ -199,6 +243,21 @@ impl StateStore {
             .map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
+    /// Checks the stored fingerprint against `now` (a restart whose state layout changed cannot
+    /// use the state: the error names `what` changed), recording it on first use.
+    pub(crate) async fn check_fingerprint(&self, now: &str, checkpoint: &str, what: String) -> Result<()> {
+        match self.schema_fingerprint().await? {
+            Some(before) if before != now => Err(Error::IncompatibleChange {
+                checkpoint: checkpoint.to_string(),
+                what,
+                before,
+                now: now.to_string(),
+            }),
+            Some(_) => Ok(()),
+            None => self.write_schema_fingerprint(now).await,
+        }
+    }
+
     /// Records the state's schema fingerprint.
     pub(crate) async fn write_schema_fingerprint(&self, fp: &str) -> Result<()> {
         self.ckpt.put(&format!("{}/_metadata/schema", self.dir), Bytes::from(fp.to_string())).await
@@ -208,28 +267,44 @@ impl StateStore {
 /// Schema metadata key holding the number of key columns at the front of a state row.
 pub(crate) const KEYS_METADATA: &str = "sluice.keys";
 
-/// Keeps the last row of each key (the first `keys` columns), in first-seen key order.
-pub(crate) fn last_per_key(schema: &SchemaRef, rows: &[RecordBatch], keys: usize) -> Result<RecordBatch> {
-    let all = arrow_select::concat::concat_batches(schema, rows)?;
+/// Keeps the last row of each key (the first `keys` columns) that was not removed after it, in
+/// first-seen key order.
+pub(crate) fn last_per_key(schema: &SchemaRef, changes: &[Change], keys: usize) -> Result<RecordBatch> {
+    // Every change's rows in order, and where the removals are.
+    let mut batches = Vec::with_capacity(changes.len());
+    let mut removal = Vec::new();
+    for c in changes {
+        let (Change::Rows(b) | Change::Removed(b)) = c;
+        let b = RecordBatch::try_new(schema.clone(), b.columns().to_vec())?;
+        removal.extend(std::iter::repeat_n(matches!(c, Change::Removed(_)), b.num_rows()));
+        batches.push(b);
+    }
+    let all = arrow_select::concat::concat_batches(schema, &batches)?;
     if keys == 0 {
-        return Ok(if all.num_rows() == 0 { all } else { all.slice(all.num_rows() - 1, 1) });
+        let last = (0..all.num_rows()).next_back();
+        return Ok(match last {
+            Some(i) if !removal[i] => all.slice(i, 1),
+            _ => all.slice(0, 0),
+        });
     }
     let fields =
         all.schema().fields().iter().take(keys).map(|f| arrow_row::SortField::new(f.data_type().clone())).collect();
     let converter = arrow_row::RowConverter::new(fields)?;
     let converted = converter.convert_columns(&all.columns()[..keys])?;
     let mut index: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
-    let mut order: Vec<u32> = Vec::new();
+    let mut order: Vec<Option<u32>> = Vec::new();
     for (i, row) in converted.iter().enumerate() {
+        let now = (!removal[i]).then_some(i as u32);
         match index.get(row.as_ref()) {
-            Some(&slot) => order[slot] = i as u32,
+            Some(&slot) => order[slot] = now,
             None => {
                 index.insert(row.data(), order.len());
-                order.push(i as u32);
+                order.push(now);
             }
         }
     }
-    Ok(arrow_select::take::take_record_batch(&all, &arrow_array::UInt32Array::from(order))?)
+    let order: arrow_array::UInt32Array = order.into_iter().flatten().collect();
+    Ok(arrow_select::take::take_record_batch(&all, &order)?)
 }
 
 impl StateStore {
@@ -246,8 +321,10 @@ impl StateStore {
     /// The state at `version` as one table: for each key, its latest row.
     pub(crate) async fn read_table(&self, version: u64) -> Result<Option<RecordBatch>> {
         let rows = self.load(version).await?;
-        let Some(first) = rows.first() else { return Ok(None) };
-        let schema = first.schema();
+        let Some(Change::Rows(first) | Change::Removed(first)) = rows.first() else { return Ok(None) };
+        let mut metadata = first.schema().metadata().clone();
+        metadata.remove(REMOVED_METADATA);
+        let schema = Arc::new(arrow_schema::Schema::new_with_metadata(first.schema().fields().clone(), metadata));
         let keys: usize = schema.metadata().get(KEYS_METADATA).and_then(|k| k.parse().ok()).unwrap_or(0);
         Ok(Some(last_per_key(&schema, &rows, keys)?))
     }
@@ -299,7 +376,7 @@ mod tests {
                 let snapshot = vec![rows(&schema, &k, &n)];
                 Box::new(snapshot.into_iter().map(Ok)) as Snapshot
             };
-            store.commit(v, &schema, &delta, full).await.unwrap();
+            store.commit(v, &schema, &delta, &[], full).await.unwrap();
             store.flush().await.unwrap();
         }
         let t = store.read_table(total).await.unwrap().unwrap();
@@ -317,6 +394,37 @@ mod tests {
         let oldest = files.first().map(|(v, _)| *v).unwrap();
         assert!(oldest > 1 && oldest <= total - MIN_BATCHES_TO_RETAIN, "oldest kept version {oldest}");
         assert!(files.iter().any(|(v, s)| *s && *v == oldest), "the oldest kept file is a snapshot");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn removals_are_kept_in_deltas_and_honoured_on_load() {
+        let dir = std::env::temp_dir().join(format!("sluice-state-rm-{}", uuid::Uuid::new_v4()));
+        let store = StateStore::new(Checkpoint::open(&dir).unwrap(), 0, 0);
+        let schema: SchemaRef = Arc::new(Schema::new_with_metadata(
+            vec![Field::new("k", DataType::Utf8, true), Field::new("n", DataType::Int64, true)],
+            [(KEYS_METADATA.to_string(), "1".to_string())].into(),
+        ));
+        let none = || Box::new(std::iter::empty()) as Snapshot;
+        let keys = |k: &[&str]| vec![Arc::new(StringArray::from(k.to_vec())) as arrow_array::ArrayRef];
+        store.commit(1, &schema, &rows(&schema, &["a", "b"], &[1, 2]), &[], none).await.unwrap();
+        store.commit(2, &schema, &rows(&schema, &["c"], &[3]), &keys(&["a"]), none).await.unwrap();
+        store.commit(3, &schema, &rows(&schema, &["a"], &[9]), &keys(&["b", "c"]), none).await.unwrap();
+        let table = |v| {
+            let store = store.clone();
+            async move {
+                let t = store.read_table(v).await.unwrap().unwrap();
+                let k = t.column(0).as_any().downcast_ref::<StringArray>().unwrap().clone();
+                let n = t.column(1).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                let mut out: Vec<(String, i64)> =
+                    (0..t.num_rows()).map(|i| (k.value(i).to_string(), n.value(i))).collect();
+                out.sort();
+                out
+            }
+        };
+        assert_eq!(table(1).await, vec![("a".to_string(), 1), ("b".to_string(), 2)]);
+        assert_eq!(table(2).await, vec![("b".to_string(), 2), ("c".to_string(), 3)]);
+        assert_eq!(table(3).await, vec![("a".to_string(), 9)]);
         std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -85,7 +85,23 @@ pub(crate) fn diff(
                     }
                 }
                 (TransformSpec::Sql { .. }, TransformSpec::Sql { .. }) => {}
-                _ => restart.push(format!("step {i} changed between SQL and a plugin")),
+                (
+                    TransformSpec::Watermark { column: c1, delay: d1 },
+                    TransformSpec::Watermark { column: c2, delay: d2 },
+                ) => {
+                    if c1 != c2 || d1 != d2 {
+                        restart.push(format!("the watermark of step {i} changed"));
+                    }
+                }
+                (
+                    TransformSpec::DropDuplicates { columns: c1, within_watermark: w1 },
+                    TransformSpec::DropDuplicates { columns: c2, within_watermark: w2 },
+                ) => {
+                    if c1 != c2 || w1 != w2 {
+                        restart.push(format!("the deduplication of step {i} changed"));
+                    }
+                }
+                _ => restart.push(format!("step {i} changed its kind (SQL, plugin, watermark or drop_duplicates)")),
             }
         }
     }

@@ -9,6 +9,7 @@ use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
 mod checkpoints;
 mod config_errors;
 mod devkit;
+mod event_time;
 mod hostile;
 mod kafka;
 mod properties;
@@ -17,6 +18,7 @@ mod reload;
 mod roles;
 mod sandbox;
 mod sources;
+mod spark_functions;
 mod wordcount;
 
 /// A plugin built by `scripts/build-plugins.sh`; fails the test, saying how to build it, if

@@ -20,7 +20,7 @@ use crate::state::StateStore;
 use crate::{Session, Trigger};
 
 /// Resident and peak resident set size of this process, in bytes (Linux `/proc/self/status`).
-fn rss() -> (u64, u64) {
+pub(super) fn rss() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
         status
@@ -59,14 +59,15 @@ struct StateRun {
 async fn state_run(keys: u64, ckpt: Option<&Path>) -> Result<StateRun> {
     let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, false)]));
     let mode = OutputMode::Update;
-    let mut step = SqlStep::try_new(0, "SELECT k, count(*) AS n FROM input GROUP BY k", schema.clone(), mode).await?;
+    let mut step =
+        SqlStep::try_new(0, "SELECT k, count(*) AS n FROM input GROUP BY k", schema.clone(), mode, None).await?;
     if let Some(dir) = ckpt {
         let _ = std::fs::remove_dir_all(dir);
         let store = StateStore::new(Checkpoint::open(dir)?, 0, 0);
         step.attach_state(store, 0, &dir.display().to_string()).await?;
     }
     // The base: a running query with an empty state, its engine warmed by a first batch.
-    step.process(0, 0, vec![key_batch(&schema, std::iter::once(u64::MAX))?], mode).await?;
+    step.process(0, 0, None, vec![key_batch(&schema, std::iter::once(u64::MAX))?], mode).await?;
     reset_peak();
     let (base, _) = rss();
     let mut batch_id = 1;
@@ -74,7 +75,7 @@ async fn state_run(keys: u64, ckpt: Option<&Path>) -> Result<StateRun> {
     let mut next = 0u64;
     while next < keys {
         let end = (next + 100_000).min(keys);
-        step.process(batch_id, 0, vec![key_batch(&schema, next..end)?], mode).await?;
+        step.process(batch_id, 0, None, vec![key_batch(&schema, next..end)?], mode).await?;
         batch_id += 1;
         next = end;
     }
@@ -96,7 +97,7 @@ async fn state_run(keys: u64, ckpt: Option<&Path>) -> Result<StateRun> {
         });
         let b = key_batch(&schema, ids.collect::<Vec<_>>().into_iter())?;
         let t = Instant::now();
-        step.process(batch_id, 0, vec![b], mode).await?;
+        step.process(batch_id, 0, None, vec![b], mode).await?;
         if i >= 5 {
             times.push(t.elapsed());
         }
@@ -197,11 +198,11 @@ pub(super) async fn fixed_cost() -> Result<()> {
     let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, false)]));
     let sql = "SELECT k, upper(k) AS u, length(k) AS n FROM input WHERE k <> ''";
     let batch = key_batch(&schema, std::iter::once(7))?;
-    let mut step = SqlStep::try_new(0, sql, schema.clone(), OutputMode::Append).await?;
+    let mut step = SqlStep::try_new(0, sql, schema.clone(), OutputMode::Append, None).await?;
     let mut cached = Vec::new();
     for i in 0..300 {
         let t = Instant::now();
-        step.process(i, 0, vec![batch.clone()], OutputMode::Append).await?;
+        step.process(i, 0, None, vec![batch.clone()], OutputMode::Append).await?;
         cached.push(t.elapsed());
     }
     let ctx = SessionContext::new();

@@ -165,3 +165,45 @@ fn config_arguments_are_read_as_toml() {
     assert_eq!(parse_config_arg("b=true").expect("arg"), ("b".to_string(), ConfigValue::Bool(true)));
     assert!(parse_config_arg("novalue").is_err());
 }
+
+#[test]
+fn event_time_steps_parse_and_a_bad_delay_names_its_line() {
+    let spec = parse(
+        r#"
+[source]
+format = "json"
+path = "in"
+schema = "ts TIMESTAMP, id STRING"
+[[transform]]
+watermark = { column = "ts", delay = "10 minutes" }
+[[transform]]
+drop_duplicates = { columns = ["id"], within_watermark = true }
+[[transform]]
+drop_duplicates = {}
+[sink]
+format = "console"
+"#,
+    )
+    .expect("parses");
+    assert!(
+        matches!(&spec.transforms[0], TransformSpec::Watermark { column, delay } if column == "ts" && delay == "10 minutes")
+    );
+    assert!(
+        matches!(&spec.transforms[1], TransformSpec::DropDuplicates { columns, within_watermark: true } if columns == &["id"])
+    );
+    assert!(
+        matches!(&spec.transforms[2], TransformSpec::DropDuplicates { columns, within_watermark: false } if columns.is_empty())
+    );
+    let err = parse(
+        "[source]\nformat = \"rate\"\n[[transform]]\nwatermark = { column = \"timestamp\", delay = \"1 month\" }\n[sink]\nformat = \"console\"\n",
+    )
+    .expect_err("months have no fixed length")
+    .to_string();
+    assert!(err.contains("p.toml:4:") && err.contains("no fixed length"), "{err}");
+    let err = parse(
+        "[source]\nformat = \"rate\"\n[[transform]]\nwatermark = { column = \"timestamp\", delay = \"1 minute\" }\nsql = \"SELECT 1\"\n[sink]\nformat = \"console\"\n",
+    )
+    .expect_err("two kinds in one step")
+    .to_string();
+    assert!(err.contains("exactly one of"), "{err}");
+}

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::reload::{ReloadContext, StepInfo};
 use super::step::{PluginStep, Policy, Step, dead_letter_schema};
+use super::watermark::WatermarkStep;
 use super::{Query, parallelism};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -13,7 +14,7 @@ use crate::plugin::{PluginRuntime, Role};
 use crate::sink::{Delivery, MemoryTables, SinkContext};
 use crate::source::SourceContext;
 use crate::spec::{OnError, OutputMode, PipelineSpec, PluginSpec, StepRef, TransformSpec};
-use crate::sql::SqlStep;
+use crate::sql::{DedupStep, SqlStep};
 
 /// The query id a checkpoint holds, if it has one.
 async fn checkpoint_id(checkpoint: &Option<Checkpoint>) -> Result<Option<uuid::Uuid>> {
@@ -88,7 +89,8 @@ impl Query {
         let mode = spec.sink.output_mode;
         let mut schema = source.schema();
         let mut steps = Vec::new();
-        let mut stateful: Option<usize> = None;
+        let mut stateful: Option<(usize, bool)> = None;
+        let mut watermark: Option<(String, i64)> = None;
         for (i, t) in spec.transforms.iter().enumerate() {
             match t {
                 TransformSpec::Plugin(p) => {
@@ -104,10 +106,30 @@ impl Query {
                     schema = step.output_schema();
                     steps.push(Step::Plugin(step));
                 }
+                TransformSpec::Watermark { column, delay } => {
+                    if watermark.is_some() {
+                        return Err(Error::Unsupported {
+                            step: i,
+                            message: "a query has one watermark; this one already defines it in an earlier step".into(),
+                        });
+                    }
+                    let step = WatermarkStep::try_new(i, column, delay, &schema)?;
+                    watermark = Some((step.column.clone(), step.delay_ms));
+                    steps.push(Step::Watermark(step));
+                }
+                TransformSpec::DropDuplicates { columns, within_watermark } => {
+                    let wm = watermark.as_ref().map(|(c, d)| (c.as_str(), *d));
+                    steps.push(Step::Dedup(DedupStep::try_new(i, &schema, columns, *within_watermark, wm)?));
+                }
                 TransformSpec::Sql { query } => {
-                    let step = SqlStep::try_new(i, query, schema.clone(), mode).await?;
+                    // The watermark's column, if this step still sees it.
+                    let event_time = watermark
+                        .as_ref()
+                        .map(|(c, _)| c.as_str())
+                        .filter(|c| schema.fields().iter().any(|f| f.name().as_str() == *c));
+                    let step = SqlStep::try_new(i, query, schema.clone(), mode, event_time).await?;
                     if step.is_stateful() {
-                        if let Some(first) = stateful {
+                        if let Some((first, _)) = stateful {
                             return Err(Error::Unsupported {
                                 step: i,
                                 message: format!(
@@ -115,23 +137,26 @@ impl Query {
                                 ),
                             });
                         }
-                        stateful = Some(i);
+                        stateful = Some((i, step.has_event_time_key()));
                     }
                     schema = step.output_schema();
                     steps.push(Step::Sql(step));
                 }
             }
         }
-        check_output_mode(stateful, mode)?;
+        check_output_mode(stateful, watermark.as_ref().map(|(c, _)| c.as_str()), mode)?;
         let sink = crate::sink::build(&spec.sink, &sink_cx).await?;
         sink.check_schema(&schema)?;
         let mut conf = BTreeMap::new();
         conf.insert("sluice.sources".to_string(), "1".to_string());
         conf.insert("sluice.source.0.format".to_string(), spec.source.format.clone());
         for (i, step) in steps.iter().enumerate() {
-            if let Step::Sql(s) = step
-                && let Some(fp) = s.state_fingerprint()
-            {
+            let fp = match step {
+                Step::Sql(s) => s.state_fingerprint(),
+                Step::Dedup(d) => Some(d.fingerprint()),
+                _ => None,
+            };
+            if let Some(fp) = fp {
                 conf.insert(format!("sluice.state.{i}"), fp);
             }
         }
@@ -150,6 +175,7 @@ impl Query {
                     p.output_schema()
                 }
                 Step::Sql(s) => s.output_schema(),
+                Step::Watermark(_) | Step::Dedup(_) => input.clone(),
             };
             input = output;
         }
@@ -195,19 +221,25 @@ impl Query {
     }
 }
 
-/// Spark's output-mode matrix for the shapes this build supports.
-fn check_output_mode(stateful: Option<usize>, mode: OutputMode) -> Result<()> {
+/// Spark's output-mode matrix for the shapes this build supports. `stateful`: the aggregation
+/// step, and whether it groups by the watermark's event time.
+fn check_output_mode(stateful: Option<(usize, bool)>, watermark: Option<&str>, mode: OutputMode) -> Result<()> {
     match (stateful, mode) {
         (None, OutputMode::Complete) => Err(Error::OutputMode {
             mode: mode.to_string(),
             reason: "when there are no streaming aggregations (complete mode re-emits a whole result table, which only an aggregation has)".into(),
             allowed: vec!["append".into(), "update".into()],
         }),
-        (Some(i), OutputMode::Append) => Err(Error::OutputMode {
+        (Some((i, false)), OutputMode::Append) => Err(Error::OutputMode {
             mode: mode.to_string(),
-            reason: format!(
-                "for the streaming aggregation in step {i} without a watermark (its rows can change with every batch)"
-            ),
+            reason: match watermark {
+                None => format!(
+                    "for the streaming aggregation in step {i} without a watermark (its rows can change with every batch); add a step `watermark = {{ column = \"ts\", delay = \"10 minutes\" }}` before it and group by window(ts, ...)"
+                ),
+                Some(c) => format!(
+                    "for the streaming aggregation in step {i}: it does not group by the watermark's column `{c}` or a window(`{c}`, ...) of it, so no group ever closes"
+                ),
+            },
             allowed: vec!["update".into(), "complete".into()],
         }),
         _ => Ok(()),

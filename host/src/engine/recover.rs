@@ -14,8 +14,18 @@ use crate::state::StateStore;
 pub(super) struct Resume {
     pub(super) batch_id: u64,
     pub(super) committed: Option<Offset>,
+    /// The event-time watermark of the next batch (the re-run batch's, if any).
+    pub(super) watermark_ms: i64,
+    /// The watermark of the batch before it (late events are judged by it).
+    pub(super) prev_watermark_ms: i64,
     /// A logged but uncommitted batch to run again first, exactly as logged.
     pub(super) rerun: Option<OffsetEntry>,
+}
+
+impl Resume {
+    pub(super) fn fresh() -> Self {
+        Resume { batch_id: 0, committed: None, watermark_ms: 0, prev_watermark_ms: 0, rerun: None }
+    }
 }
 
 fn check_conf(ckpt: &Checkpoint, before: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Result<()> {
@@ -55,15 +65,34 @@ pub(super) async fn recover(q: &mut Query, ckpt: &Checkpoint, id: &str) -> Resul
     };
     let end_of = |e: &OffsetEntry| e.sources.first().cloned().flatten().map(Offset);
     let (resume, log_upto, latest_entry) = match plan {
-        Recovery::Fresh => (Resume { batch_id: 0, committed: None, rerun: None }, None, None),
+        Recovery::Fresh => (Resume::fresh(), None, None),
         Recovery::Continue { next } => {
             let last = entry(next - 1).await?;
-            (Resume { batch_id: next, committed: end_of(&last), rerun: None }, Some(next - 1), Some(last))
+            // The watermark the last committed batch handed on (Spark's `nextBatchWatermarkMs`).
+            let watermark_ms = match ckpt.commit(next - 1).await? {
+                Some(c) => c.next_batch_watermark_ms,
+                None => last.batch_watermark_ms,
+            };
+            let resume = Resume {
+                batch_id: next,
+                committed: end_of(&last),
+                watermark_ms,
+                prev_watermark_ms: last.batch_watermark_ms,
+                rerun: None,
+            };
+            (resume, Some(next - 1), Some(last))
         }
         Recovery::Rerun { batch } => {
             let e = entry(batch).await?;
-            let prev = if batch > 0 { end_of(&entry(batch - 1).await?) } else { None };
-            (Resume { batch_id: batch, committed: prev, rerun: Some(e.clone()) }, Some(batch), Some(e))
+            let before = if batch > 0 { Some(entry(batch - 1).await?) } else { None };
+            let resume = Resume {
+                batch_id: batch,
+                committed: before.as_ref().and_then(end_of),
+                watermark_ms: e.batch_watermark_ms,
+                prev_watermark_ms: before.map_or(0, |b| b.batch_watermark_ms),
+                rerun: Some(e.clone()),
+            };
+            (resume, Some(batch), Some(e))
         }
     };
     if let Some(e) = &latest_entry {
@@ -82,10 +111,11 @@ pub(super) async fn recover(q: &mut Query, ckpt: &Checkpoint, id: &str) -> Resul
     let last = latest_entry.as_ref().and_then(end_of);
     q.source.restore(log, last.as_ref()).await?;
     for (i, step) in q.steps.iter_mut().enumerate() {
-        if let Step::Sql(s) = step
-            && s.is_stateful()
-        {
-            s.attach_state(StateStore::new(ckpt.clone(), i, 0), resume.batch_id, ckpt.display()).await?;
+        let store = StateStore::new(ckpt.clone(), i, 0);
+        match step {
+            Step::Sql(s) if s.is_stateful() => s.attach_state(store, resume.batch_id, ckpt.display()).await?,
+            Step::Dedup(d) => d.attach_state(store, resume.batch_id, ckpt.display()).await?,
+            _ => {}
         }
     }
     Ok(resume)

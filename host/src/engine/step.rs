@@ -29,6 +29,8 @@ use crate::sql::SqlStep;
 pub(super) enum Step {
     Plugin(PluginStep),
     Sql(SqlStep),
+    Watermark(super::watermark::WatermarkStep),
+    Dedup(crate::sql::DedupStep),
 }
 
 /// What a failing partition does.

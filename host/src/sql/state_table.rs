@@ -12,9 +12,12 @@
 //!   copy) larger than a page;
 //! - a page more than half garbage is rewritten with its live rows.
 //!
-//! Invariant: a group's live row lies in the newest page that holds a row of it, so the pages
-//! in order, read with "the last row per key wins", are exactly the state — a snapshot is the
-//! pages as they are (shared, not copied).
+//! Groups can be removed (state evicted by the watermark): the key leaves the index, its row
+//! becomes garbage and its group id is handed out again to a later new key, so memory follows
+//! the groups alive, not the groups ever seen.
+//!
+//! Each page keeps a bitmap of its live rows; a snapshot is the pages as they are (shared, not
+//! copied) with a copy of those bitmaps, filtered off the query loop.
 
 use std::hash::BuildHasher;
 
@@ -22,7 +25,8 @@ use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch};
 use arrow_schema::{ArrowError, SchemaRef};
 use hashbrown::HashTable;
 
-/// Where a group's row is: page and row. `NONE` for a group with no row yet.
+/// Where a group's row is: page and row; for a key interned by the running batch, `PENDING` and
+/// its index in the pending keys; `NONE` for a free group id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Loc {
     page: u32,
@@ -30,6 +34,13 @@ struct Loc {
 }
 
 const NONE: Loc = Loc { page: u32::MAX, row: u32::MAX };
+const PENDING: u32 = u32::MAX - 1;
+
+impl Loc {
+    fn has_row(self) -> bool {
+        self.page < PENDING
+    }
+}
 
 struct Page {
     rows: RecordBatch,
@@ -39,6 +50,8 @@ struct Page {
     gids: Vec<u32>,
     /// Rows still current.
     live: usize,
+    /// Which rows are still current, a bit per row.
+    bits: Vec<u64>,
 }
 
 impl Page {
@@ -49,39 +62,66 @@ impl Page {
             .downcast_ref::<BinaryArray>()
             .cloned()
             .ok_or_else(|| ArrowError::SchemaError("state rows must start with binary keys".into()))?;
-        Ok(Page { rows, keys, live: gids.len(), gids })
+        let n = gids.len();
+        let mut bits = vec![u64::MAX; n.div_ceil(64)];
+        if let Some(last) = bits.last_mut()
+            && !n.is_multiple_of(64)
+        {
+            *last = (1u64 << (n % 64)) - 1;
+        }
+        Ok(Page { rows, keys, live: n, gids, bits })
+    }
+
+    /// Row `row` is no longer current.
+    fn kill(&mut self, row: u32) {
+        self.bits[row as usize / 64] &= !(1u64 << (row % 64));
+        self.live -= 1;
+    }
+
+    /// The live rows as a filter mask, or `None` when all are live.
+    fn mask(&self) -> Option<arrow_array::BooleanArray> {
+        (self.live < self.gids.len()).then(|| {
+            let buffer = arrow_buffer::Buffer::from_vec(self.bits.clone());
+            arrow_array::BooleanArray::new(arrow_buffer::BooleanBuffer::new(buffer, 0, self.gids.len()), None)
+        })
     }
 }
 
 /// Keys of groups interned since their batch began, which have no row yet.
 #[derive(Default)]
 struct Pending {
-    /// Group id of the first pending key.
-    from: u32,
     bytes: Vec<u8>,
     ends: Vec<usize>,
+    /// Pending keys whose group has no row yet.
+    unresolved: usize,
 }
 
 impl Pending {
-    fn get(&self, gid: u32) -> &[u8] {
-        let i = gid.wrapping_sub(self.from) as usize;
+    fn get(&self, i: u32) -> &[u8] {
+        let i = i as usize;
         match self.ends.get(i) {
             Some(end) => &self.bytes[if i == 0 { 0 } else { self.ends[i - 1] }..*end],
             None => &[],
         }
     }
-    fn push(&mut self, gid: u32, key: &[u8]) {
-        if self.ends.is_empty() {
-            self.from = gid;
-        }
+    /// Adds a key; returns its index.
+    fn push(&mut self, key: &[u8]) -> u32 {
         self.bytes.extend_from_slice(key);
         self.ends.push(self.bytes.len());
+        self.unresolved += 1;
+        (self.ends.len() - 1) as u32
     }
 }
 
 fn key_of<'a>(pages: &'a [Page], locs: &[Loc], pending: &'a Pending, gid: u32) -> &'a [u8] {
     let l = locs[gid as usize];
-    if l == NONE { pending.get(gid) } else { pages[l.page as usize].keys.value(l.row as usize) }
+    if l.has_row() {
+        pages[l.page as usize].keys.value(l.row as usize)
+    } else if l.page == PENDING {
+        pending.get(l.row)
+    } else {
+        &[]
+    }
 }
 
 /// State rows by group id, and the key index.
@@ -90,12 +130,18 @@ pub(super) struct StateTable {
     schema: SchemaRef,
     index: HashTable<u32>,
     hasher: foldhash::fast::FixedState,
+    /// Page slots (a freed slot holds an empty page until it is used again).
     pages: Vec<Page>,
-    /// Per group id ever interned.
+    /// Slots in use, oldest page first.
+    order: Vec<u32>,
+    free_pages: Vec<u32>,
+    /// Per group id handed out.
     locs: Vec<Loc>,
     pending: Pending,
     /// Group ids with a row.
     len: usize,
+    /// Group ids of removed groups, to hand out again.
+    free: Vec<u32>,
 }
 
 /// Rows below which a page is never rewritten for garbage alone.
@@ -111,9 +157,12 @@ impl StateTable {
             index: HashTable::new(),
             hasher: foldhash::fast::FixedState::with_seed(0x5EED_51C3),
             pages: Vec::new(),
+            order: Vec::new(),
+            free_pages: Vec::new(),
             locs: Vec::new(),
             pending: Pending::default(),
             len: 0,
+            free: Vec::new(),
         }
     }
 
@@ -134,20 +183,28 @@ impl StateTable {
 
     /// Whether group `gid` has a row.
     pub(super) fn contains(&self, gid: u32) -> bool {
-        self.locs.get(gid as usize).is_some_and(|l| *l != NONE)
+        self.locs.get(gid as usize).is_some_and(|l| l.has_row())
     }
 
     /// The group id of each key, handing out new ids to new keys.
     pub(super) fn intern<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>, out: &mut Vec<usize>) {
-        let StateTable { index, hasher, pages, locs, pending, .. } = self;
+        let StateTable { index, hasher, pages, locs, pending, free, .. } = self;
         for key in keys {
             let hash = hasher.hash_one(key);
             let gid = match index.find(hash, |g| key_of(pages, locs, pending, *g) == key) {
                 Some(g) => *g,
                 None => {
-                    let g = locs.len() as u32;
-                    locs.push(NONE);
-                    pending.push(g, key);
+                    let at = Loc { page: PENDING, row: pending.push(key) };
+                    let g = match free.pop() {
+                        Some(g) => {
+                            locs[g as usize] = at;
+                            g
+                        }
+                        None => {
+                            locs.push(at);
+                            (locs.len() - 1) as u32
+                        }
+                    };
                     index.insert_unique(hash, g, |g| hasher.hash_one(key_of(pages, locs, pending, *g)));
                     g
                 }
@@ -176,7 +233,7 @@ impl StateTable {
     /// Every group's row, in group-id order.
     pub(super) fn all(&self) -> Result<RecordBatch, ArrowError> {
         let at: Vec<(usize, usize)> =
-            self.locs.iter().filter(|l| **l != NONE).map(|l| (l.page as usize, l.row as usize)).collect();
+            self.locs.iter().filter(|l| l.has_row()).map(|l| (l.page as usize, l.row as usize)).collect();
         self.gather(&at)
     }
 
@@ -207,35 +264,80 @@ impl StateTable {
             return Ok(());
         }
         let new = Page::new(rows, gids)?;
-        let page = self.pages.len() as u32;
+        let page = match self.free_pages.last() {
+            Some(p) => *p,
+            None => self.pages.len() as u32,
+        };
         for (row, g) in new.gids.iter().enumerate() {
             let old = std::mem::replace(&mut self.locs[*g as usize], Loc { page, row: row as u32 });
-            if old == NONE {
-                self.len += 1;
+            if old.has_row() {
+                self.pages[old.page as usize].kill(old.row);
             } else {
-                self.pages[old.page as usize].live -= 1;
+                self.len += 1;
+                if old.page == PENDING {
+                    self.pending.unresolved -= 1;
+                }
             }
         }
-        self.pages.push(new);
-        let from = self.pending.from as usize;
-        if !self.pending.ends.is_empty() && self.locs[from..].iter().all(|l| *l != NONE) {
+        if self.free_pages.pop().is_some() {
+            self.pages[page as usize] = new;
+        } else {
+            self.pages.push(new);
+        }
+        self.order.push(page);
+        if self.pending.unresolved == 0 && !self.pending.ends.is_empty() {
             self.pending = Pending::default();
         }
         self.maintain()
     }
 
+    /// Removes groups `gids` (each must have a row): their keys leave the index, their rows
+    /// become garbage, and their ids are handed out again.
+    pub(super) fn remove(&mut self, gids: &[u32]) -> Result<(), ArrowError> {
+        for &g in gids {
+            let l = self.locs[g as usize];
+            if !l.has_row() {
+                return Err(ArrowError::InvalidArgumentError(format!("state group {g} has no row to remove")));
+            }
+            let key = self.pages[l.page as usize].keys.value(l.row as usize);
+            let hash = self.hasher.hash_one(key);
+            if let Ok(entry) = self.index.find_entry(hash, |x| *x == g) {
+                entry.remove();
+            }
+            self.pages[l.page as usize].kill(l.row);
+            self.locs[g as usize] = NONE;
+            self.len -= 1;
+            self.free.push(g);
+        }
+        if gids.is_empty() { Ok(()) } else { self.maintain() }
+    }
+
+    /// Frees page slot `p` (no live rows).
+    fn drop_page(&mut self, p: u32) -> Result<(), ArrowError> {
+        self.pages[p as usize] = Page::new(RecordBatch::new_empty(self.schema.clone()), Vec::new())?;
+        self.order.retain(|x| *x != p);
+        self.free_pages.push(p);
+        Ok(())
+    }
+
     fn maintain(&mut self) -> Result<(), ArrowError> {
-        while self.pages.len() >= 2 {
-            let n = self.pages.len();
-            let (older, newer) = (self.pages[n - 2].live, self.pages[n - 1].live);
+        let empty: Vec<u32> = self.order.iter().copied().filter(|p| self.pages[*p as usize].live == 0).collect();
+        for p in empty {
+            self.drop_page(p)?;
+        }
+        while self.order.len() >= 2 {
+            let n = self.order.len();
+            let (a, b) = (self.order[n - 2], self.order[n - 1]);
+            let (older, newer) = (self.pages[a as usize].live, self.pages[b as usize].live);
             if older > 2 * newer || older + newer > PAGE_ROWS {
                 break;
             }
-            self.rewrite(&[n - 2, n - 1], n - 2)?;
-            self.pages.truncate(n - 1);
+            self.rewrite(&[a, b], a)?;
+            self.drop_page(b)?;
         }
-        for p in 0..self.pages.len() {
-            let page = &self.pages[p];
+        for i in 0..self.order.len() {
+            let p = self.order[i];
+            let page = &self.pages[p as usize];
             let rows = page.gids.len();
             if rows >= MIN_COMPACT_ROWS && page.live * 2 < rows {
                 self.rewrite(&[p], p)?;
@@ -244,43 +346,49 @@ impl StateTable {
         Ok(())
     }
 
-    /// Rewrites the live rows of `pages` (consecutive, ascending) as page `into`.
-    fn rewrite(&mut self, pages: &[usize], into: usize) -> Result<(), ArrowError> {
+    /// Rewrites the live rows of page slots `pages` (oldest first) into slot `into`.
+    fn rewrite(&mut self, pages: &[u32], into: u32) -> Result<(), ArrowError> {
         let mut at = Vec::new();
         let mut gids = Vec::new();
-        for &p in pages {
-            for (row, g) in self.pages[p].gids.iter().enumerate() {
-                if self.locs[*g as usize] == (Loc { page: p as u32, row: row as u32 }) {
-                    at.push((p - pages[0], row));
+        for (i, &p) in pages.iter().enumerate() {
+            for (row, g) in self.pages[p as usize].gids.iter().enumerate() {
+                if self.locs[*g as usize] == (Loc { page: p, row: row as u32 }) {
+                    at.push((i, row));
                     gids.push(*g);
                 }
             }
         }
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         for c in 0..self.schema.fields().len() {
-            let arrays: Vec<&dyn Array> = pages.iter().map(|p| self.pages[*p].rows.column(c).as_ref()).collect();
+            let arrays: Vec<&dyn Array> =
+                pages.iter().map(|p| self.pages[*p as usize].rows.column(c).as_ref()).collect();
             cols.push(arrow_select::interleave::interleave(&arrays, &at)?);
         }
         let opts = arrow_array::RecordBatchOptions::new().with_row_count(Some(at.len()));
         let rows = RecordBatch::try_new_with_options(self.schema.clone(), cols, &opts)?;
         for (row, g) in gids.iter().enumerate() {
-            self.locs[*g as usize] = Loc { page: into as u32, row: row as u32 };
+            self.locs[*g as usize] = Loc { page: into, row: row as u32 };
         }
-        self.pages[into] = Page::new(rows, gids)?;
+        self.pages[into as usize] = Page::new(rows, gids)?;
         Ok(())
     }
 
-    /// The pages, oldest first; read in order with "the last row per key wins" they are the
-    /// state (a snapshot). Shares the arrays.
-    pub(super) fn pages(&self) -> Vec<RecordBatch> {
-        self.pages.iter().map(|p| p.rows.clone()).collect()
+    /// The pages, oldest first, each with a mask of its live rows (`None`: all live); their live
+    /// rows are the state (a snapshot). Shares the arrays, copies the masks.
+    pub(super) fn pages(&self) -> Vec<(RecordBatch, Option<arrow_array::BooleanArray>)> {
+        self.order.iter().map(|p| &self.pages[*p as usize]).map(|p| (p.rows.clone(), p.mask())).collect()
     }
 
     /// Bytes held: the pages' arrays, group ids, locations and the index.
     pub(super) fn memory(&self) -> usize {
-        let pages: usize = self.pages.iter().map(|p| p.rows.get_array_memory_size() + p.gids.capacity() * 4).sum();
+        let pages: usize = self
+            .pages
+            .iter()
+            .map(|p| p.rows.get_array_memory_size() + p.gids.capacity() * 4 + p.bits.capacity() * 8)
+            .sum();
         pages
             + self.locs.capacity() * std::mem::size_of::<Loc>()
+            + self.free.capacity() * 4
             + self.index.allocation_size()
             + self.pending.bytes.capacity()
             + self.pending.ends.capacity() * 8
@@ -289,7 +397,7 @@ impl StateTable {
     /// Pages held (for tests).
     #[cfg(test)]
     fn page_count(&self) -> usize {
-        self.pages.len()
+        self.order.len()
     }
 }
 
@@ -324,7 +432,7 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (seed >> 33) % m
         };
-        let mut run = |t: &mut StateTable, keys: Vec<Vec<u8>>, v: i64| {
+        let run = |t: &mut StateTable, truth: &mut BTreeMap<Vec<u8>, i64>, keys: Vec<Vec<u8>>, v: i64| {
             let mut ids = Vec::new();
             t.intern(keys.iter().map(Vec::as_slice), &mut ids);
             // A key seen twice in a batch gets one id.
@@ -353,11 +461,29 @@ mod tests {
         };
         let groups = 20_000u64;
         for chunk in 0..groups / 100 {
-            run(&mut t, (chunk * 100..chunk * 100 + 100).map(|g| format!("g{g}").into_bytes()).collect(), 0);
+            run(
+                &mut t,
+                &mut truth,
+                (chunk * 100..chunk * 100 + 100).map(|g| format!("g{g}").into_bytes()).collect(),
+                0,
+            );
         }
         for batch in 1..3000i64 {
             let keys = (0..1 + next(100)).map(|_| format!("g{}", next(groups + batch as u64)).into_bytes()).collect();
-            run(&mut t, keys, batch);
+            run(&mut t, &mut truth, keys, batch);
+            // Every few batches, remove some groups (as the watermark evicts them).
+            if batch % 7 == 0 {
+                let victims: Vec<Vec<u8>> = (0..next(300)).map(|_| format!("g{}", next(groups)).into_bytes()).collect();
+                let victims: std::collections::BTreeSet<Vec<u8>> =
+                    victims.into_iter().filter(|k| truth.contains_key(k)).collect();
+                let mut ids = Vec::new();
+                t.intern(victims.iter().map(Vec::as_slice), &mut ids);
+                let gids: Vec<u32> = ids.iter().map(|g| *g as u32).collect();
+                t.remove(&gids).unwrap();
+                for k in &victims {
+                    truth.remove(k);
+                }
+            }
             let bound = 2 + 2 * (t.len() as f64).log2() as usize + t.len() / PAGE_ROWS;
             assert!(t.page_count() <= bound, "{} pages", t.page_count());
         }
@@ -365,19 +491,25 @@ mod tests {
         let mut all = contents(&t.all().unwrap());
         all.sort();
         assert_eq!(all, truth.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>());
+        let some: Vec<Vec<u8>> = truth.keys().step_by(truth.len() / 3).rev().cloned().collect();
         let mut ids = Vec::new();
-        t.intern([b"g5".as_slice(), b"g3", b"g19999"].into_iter(), &mut ids);
+        t.intern(some.iter().map(Vec::as_slice), &mut ids);
         let gids: Vec<u32> = ids.iter().map(|g| *g as u32).collect();
         let got = contents(&t.get(&gids).unwrap());
-        let want: Vec<(Vec<u8>, i64)> =
-            ["g5", "g3", "g19999"].iter().map(|k| (k.as_bytes().to_vec(), truth[k.as_bytes()])).collect();
+        let want: Vec<(Vec<u8>, i64)> = some.iter().map(|k| (k.clone(), truth[k])).collect();
         assert_eq!(got, want);
-        let mut last: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
-        for p in t.pages() {
-            last.extend(contents(&p));
+        let mut snapshot: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+        for (p, mask) in t.pages() {
+            let live = match mask {
+                Some(m) => arrow_select::filter::filter_record_batch(&p, &m).unwrap(),
+                None => p,
+            };
+            for (k, v) in contents(&live) {
+                assert!(snapshot.insert(k, v).is_none(), "one live row per key");
+            }
         }
-        assert_eq!(last, truth);
-        let rows_held: usize = t.pages().iter().map(|p| p.num_rows()).sum();
+        assert_eq!(snapshot, truth);
+        let rows_held: usize = t.pages().iter().map(|(p, _)| p.num_rows()).sum();
         assert!(rows_held <= 2 * truth.len() + MIN_COMPACT_ROWS * t.page_count(), "{rows_held} rows held");
     }
 }

@@ -1,0 +1,162 @@
+"""Apache Spark reference timing for Sluice's windowed-aggregation benchmark.
+
+    ~/.cache/sluice/pyspark-venv/bin/python bench/spark/windowed.py DIR [--runs 3] [--json OUT]
+
+DIR holds events-00.json ... events-19.json from bench/spark/gen_events.py
+(2,000,000 events). Each run is this query, with a fresh checkpoint dir:
+
+    spark.readStream.schema("ts TIMESTAMP, key STRING, value BIGINT")
+         .option("maxFilesPerTrigger", 1).json(DIR)
+         .withWatermark("ts", "10 minutes")
+         .groupBy(window("ts", "5 minutes"), "key")
+         .agg(count("*"), sum("value"))
+         .writeStream.outputMode("append").format("noop")
+         .trigger(availableNow=True).start()
+
+and the time measured is the query's wall time from start() until
+awaitTermination() returns. Run 1 is the first query of a fresh Spark
+session ("fresh": includes the JVM's warm-up for this plan); runs 2.. reuse
+that session ("warm"). Session start-up itself is reported separately.
+Spark runs with local[2], spark.sql.shuffle.partitions=2, session time zone
+UTC, JVM in UTC; everything else at Spark's defaults (PyPI pyspark 4.3.0 at
+the time of writing, OpenJDK 17). Without pyspark, it re-runs itself with
+the venv's python.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+VENV_PYTHON = os.path.expanduser("~/.cache/sluice/pyspark-venv/bin/python")
+
+
+def ensure_pyspark():
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        venv = os.path.dirname(os.path.dirname(VENV_PYTHON))
+        if os.path.exists(VENV_PYTHON) and os.path.realpath(sys.prefix) != os.path.realpath(venv):
+            os.execv(VENV_PYTHON, [VENV_PYTHON] + sys.argv)
+        raise SystemExit("pyspark is not installed (python3 -m venv ~/.cache/sluice/pyspark-venv && "
+                         "~/.cache/sluice/pyspark-venv/bin/pip install pyspark)")
+
+
+def count_events(directory):
+    n = 0
+    for name in sorted(os.listdir(directory)):
+        if name.startswith("events-") and name.endswith(".json"):
+            with open(os.path.join(directory, name), "rb") as f:
+                n += sum(1 for _ in f)
+    return n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dir")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--driver-memory", default=None, help="spark.driver.memory (Spark's default if unset)")
+    args = ap.parse_args()
+    ensure_pyspark()
+
+    in_dir = os.path.abspath(args.dir)
+    files = sorted(n for n in os.listdir(in_dir) if n.startswith("events-") and n.endswith(".json"))
+    if not files:
+        raise SystemExit(f"no events-*.json in {in_dir} (make them with bench/spark/gen_events.py)")
+    events = count_events(in_dir)
+
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    t0 = time.perf_counter()
+    builder = (
+        SparkSession.builder.master("local[2]")
+        .appName("sluice-bench-windowed")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    if args.driver_memory:
+        builder = builder.config("spark.driver.memory", args.driver_memory)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    session_s = time.perf_counter() - t0
+    version = spark.version
+    print(f"pyspark {version}, {len(files)} files, {events} events; session start-up {session_s:.2f} s",
+          flush=True)
+
+    work = tempfile.mkdtemp(prefix="sluice-spark-bench-")
+    results = []
+    try:
+        for run in range(1, args.runs + 1):
+            checkpoint = os.path.join(work, f"checkpoint-{run}")
+            agg = (
+                spark.readStream.schema("ts TIMESTAMP, key STRING, value BIGINT")
+                .option("maxFilesPerTrigger", 1)
+                .json(in_dir)
+                .withWatermark("ts", "10 minutes")
+                .groupBy(F.window("ts", "5 minutes"), "key")
+                .agg(F.count("*"), F.sum("value"))
+            )
+            start = time.perf_counter()
+            query = (
+                agg.writeStream.outputMode("append")
+                .format("noop")
+                .option("checkpointLocation", checkpoint)
+                .trigger(availableNow=True)
+                .start()
+            )
+            query.awaitTermination()
+            wall = time.perf_counter() - start
+            progress = [json.loads(p.json) for p in query.recentProgress]
+            batches = len({p["batchId"] for p in progress})
+            rows_in = sum(p.get("numInputRows", 0) for p in progress)
+            rows_out = sum((p.get("sink") or {}).get("numOutputRows", 0) or 0 for p in progress)
+            dropped = sum(
+                sum(op.get("numRowsDroppedByWatermark", 0) for op in p.get("stateOperators", []))
+                for p in progress
+            )
+            kind = "fresh" if run == 1 else "warm"
+            r = {
+                "run": run,
+                "kind": kind,
+                "wall_s": round(wall, 3),
+                "events_per_s": round(events / wall),
+                "batches": batches,
+                "input_rows": rows_in,
+                "output_rows": rows_out,
+                "rows_dropped_by_watermark": dropped,
+            }
+            results.append(r)
+            print(f"run {run} ({kind}): {wall:.2f} s, {events / wall:,.0f} events/s, {batches} batches, "
+                  f"{rows_in} rows in, {rows_out} rows out, {dropped} dropped by watermark", flush=True)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        spark.stop()
+
+    warm = [r["wall_s"] for r in results if r["kind"] == "warm"]
+    if warm:
+        best = min(warm)
+        print(f"warm: best {best:.2f} s ({events / best:,.0f} events/s), "
+              f"median {statistics.median(warm):.2f} s")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"spark_version": version, "events": events, "files": len(files),
+                       "session_startup_s": round(session_s, 3), "runs": results}, f, indent=1)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
