@@ -34,6 +34,9 @@ pub struct BatchInfo {
     /// True when this batch may have been handed to the sink before (a re-run after a crash
     /// or a retry): replace what it wrote instead of adding to it.
     pub rerun: bool,
+    /// The event-time watermark the batch ran with (ms since the Unix epoch), if the query has
+    /// one.
+    pub watermark_ms: Option<i64>,
 }
 
 /// A foreachBatch function: called once per micro-batch with all its rows. At-least-once;

@@ -60,6 +60,7 @@ type AggregateWithFilter = (Arc<AggregateFunctionExpr>, Option<Arc<dyn PhysicalE
 mod dedup;
 mod expiry;
 mod functions;
+mod session;
 mod spark_time;
 mod state_table;
 mod window;
@@ -432,7 +433,13 @@ impl SqlStep {
             0 => Kind::Stateless(CachedPlan::new(&ctx, &plan).await.map_err(sql_err)?),
             1 => {
                 let event_time = watermark.map(|column| (column, windows.as_slice()));
-                Kind::Aggregate(Box::new(Aggregator::try_new(&ctx, &plan, event_time).await.map_err(sql_err)?))
+                let agg = Aggregator::try_new(&ctx, &plan, event_time).await.map_err(sql_err)?;
+                if agg.sessions.is_some() && mode == OutputMode::Update {
+                    return Err(unsupported(
+                        "session windows do not support update mode, as in Spark (a session's key changes as it grows); use append (with a watermark) or complete".into(),
+                    ));
+                }
+                Kind::Aggregate(Box::new(agg))
             }
             _ => {
                 return Err(unsupported(
@@ -585,6 +592,8 @@ struct Aggregator {
     event_time: Option<EventTimeKey>,
     /// Groups by event-time bound, for eviction.
     expiry: Expiry,
+    /// For a GROUP BY `session_window(...)`: the session key and the open sessions.
+    sessions: Option<session::Sessions>,
     last_removed: u64,
     last_dropped: u64,
     /// This batch's rows with an event-time bound at or before this (µs) are late.
@@ -690,6 +699,13 @@ impl Aggregator {
             .data;
 
         let nk = group_exprs.len();
+        let sessions = match session::session_key(&agg.group_expr) {
+            Some(k) => {
+                let types: Vec<DataType> = out_schema.fields().iter().take(nk).map(|f| f.data_type().clone()).collect();
+                Some(session::Sessions::try_new(k, &types)?)
+            }
+            None => None,
+        };
         let converter = if nk == 0 {
             None
         } else {
@@ -722,6 +738,7 @@ impl Aggregator {
             last_updated: 0,
             event_time,
             expiry: Expiry::default(),
+            sessions,
             last_removed: 0,
             last_dropped: 0,
             late_at_us: None,
@@ -907,6 +924,9 @@ impl Aggregator {
         let mut ids = Vec::with_capacity(n);
         self.table.intern(keys.iter().map(Option::unwrap_or_default), &mut ids);
         self.expiry.clear();
+        if let Some(s) = &mut self.sessions {
+            s.restore(&rows, &ids)?;
+        }
         if let Some(et) = self.event_time {
             let bounds = et.bounds(rows.column(et.key))?;
             for (i, g) in ids.iter().enumerate() {
@@ -968,7 +988,9 @@ impl Aggregator {
         for g in &t.gids {
             self.local_of[*g as usize] = u32::MAX;
         }
-        self.last_dropped = self.late_keys.len() as u64;
+        if self.sessions.is_none() {
+            self.last_dropped = self.late_keys.len() as u64;
+        }
         self.late_keys = Default::default();
         result
     }
@@ -979,6 +1001,9 @@ impl Aggregator {
         mode: OutputMode,
         t: &mut Touched,
     ) -> datafusion::error::Result<(Vec<RecordBatch>, Option<RecordBatch>, Vec<ArrayRef>)> {
+        if self.sessions.is_some() {
+            return self.process_sessions(ctx, mode).await;
+        }
         for b in self.below.run(ctx).await? {
             self.update(t, &b)?;
         }
@@ -1031,7 +1056,10 @@ impl Aggregator {
             num_rows_updated: self.last_updated,
             num_rows_removed: self.last_removed,
             num_rows_dropped_by_watermark: self.last_dropped,
-            memory_used_bytes: (self.table.memory() + self.local_of.capacity() * 4 + self.expiry.memory()) as u64,
+            memory_used_bytes: (self.table.memory()
+                + self.local_of.capacity() * 4
+                + self.expiry.memory()
+                + self.sessions.as_ref().map_or(0, session::Sessions::memory)) as u64,
             commit_time_ms: self.commit_ms,
         }
     }
@@ -1043,7 +1071,9 @@ fn event_time_key(group: &[Expr], column: &str, windows: &[(String, Expr)]) -> O
     let is_time = |e: &Expr| matches!(e, Expr::Column(c) if c.name == column);
     group.iter().enumerate().find_map(|(key, e)| {
         let window = match e.clone().unalias() {
-            Expr::ScalarFunction(f) if f.func.name() == window::WINDOW => is_time(&f.args[0]),
+            Expr::ScalarFunction(f) if f.func.name() == window::WINDOW || f.func.name() == window::SESSION_WINDOW => {
+                is_time(&f.args[0])
+            }
             Expr::Column(c) if c.name.starts_with(window::WINDOW_COLUMN) => {
                 windows.iter().any(|(name, time)| *name == c.name && is_time(time))
             }

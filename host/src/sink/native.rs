@@ -20,7 +20,12 @@ pub(crate) fn build(native: NativeSink) -> Box<dyn Sink> {
 }
 
 fn info(meta: &BatchMeta) -> BatchInfo {
-    BatchInfo { query_id: meta.query_id.to_string(), batch_id: meta.batch_id, rerun: meta.rerun }
+    BatchInfo {
+        query_id: meta.query_id.to_string(),
+        batch_id: meta.batch_id,
+        rerun: meta.rerun,
+        watermark_ms: meta.watermark_ms,
+    }
 }
 
 fn join_err(e: tokio::task::JoinError) -> Error {

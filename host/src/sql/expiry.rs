@@ -70,6 +70,18 @@ impl Expiry {
         out
     }
 
+    /// Forgets group `gid` filed under `bound_us` (a session that grew, so its bound moved).
+    pub(super) fn remove(&mut self, bound_us: i64, gid: u32) {
+        if let Some(v) = self.by_bound.get_mut(&bound_us) {
+            let before = v.len();
+            v.retain(|g| *g != gid);
+            self.len -= before - v.len();
+            if v.is_empty() {
+                self.by_bound.remove(&bound_us);
+            }
+        }
+    }
+
     pub(super) fn clear(&mut self) {
         self.by_bound.clear();
         self.len = 0;

@@ -29,6 +29,8 @@ use datafusion::prelude::SessionContext;
 
 /// The name of Spark's window function.
 pub(super) const WINDOW: &str = "window";
+/// The name of Spark's session window function.
+pub(super) const SESSION_WINDOW: &str = "session_window";
 const WINDOWS: &str = "__sluice_windows";
 /// Columns the rewrite adds for sliding windows start with this.
 pub(super) const WINDOW_COLUMN: &str = "__sluice_window_";
@@ -37,6 +39,92 @@ pub(super) fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(WindowUdf::new(false)));
     ctx.register_udf(ScalarUDF::from(WindowUdf::new(true)));
     ctx.register_udf(ScalarUDF::from(WindowTimeUdf { signature: Signature::any(1, Volatility::Immutable) }));
+    ctx.register_udf(ScalarUDF::from(SessionWindowUdf { signature: Signature::any(2, Volatility::Immutable) }));
+}
+
+/// `session_window(ts, gap)`: the session a row opens, `{start: ts, end: ts + gap}`; `gap` is a
+/// duration, constant or per row (a string like `'5 minutes'` or an interval). A GROUP BY on it
+/// merges a key's sessions that overlap or touch (see `sql::session`). A null, zero or negative
+/// gap gives a null session, and such rows are dropped, as in Spark.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SessionWindowUdf {
+    signature: Signature,
+}
+
+/// A row's gap in microseconds, `None` when null or not a duration.
+fn gap_us(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+            crate::options::parse_interval_us(s).ok()
+        }
+        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
+            Some(i64::from(i.days) * 86_400_000_000 + i.nanoseconds / 1_000)
+        }
+        ScalarValue::IntervalDayTime(Some(i)) => {
+            Some(i64::from(i.days) * 86_400_000_000 + i64::from(i.milliseconds) * 1_000)
+        }
+        _ => None,
+    }
+}
+
+impl ScalarUDFImpl for SessionWindowUdf {
+    fn name(&self) -> &str {
+        SESSION_WINDOW
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        let DataType::Timestamp(..) = &args[0] else {
+            return plan_err!("session_window(): the time column must be a TIMESTAMP, not {}", args[0]);
+        };
+        Ok(DataType::Struct(window_fields(&args[0])))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let n = args.number_rows;
+        let ts_type = args.args[0].data_type();
+        let DataType::Timestamp(unit, _) = &ts_type else {
+            return exec_err!("session_window(): the time column must be a TIMESTAMP, not {ts_type}");
+        };
+        let (mul, div) = scale(unit);
+        let from_us = |v: i64| if div > 1 { v * div } else { v / mul };
+        let gaps: Vec<Option<i64>> = match &args.args[1] {
+            ColumnarValue::Scalar(v) => {
+                let g = gap_us(v);
+                if g.is_none() && !v.is_null() {
+                    return exec_err!("session_window(): the gap must be a duration like '5 minutes', got {v}");
+                }
+                vec![g; n]
+            }
+            ColumnarValue::Array(a) => {
+                (0..n).map(|i| ScalarValue::try_from_array(a, i).ok().as_ref().and_then(gap_us)).collect()
+            }
+        };
+        let ts = args.args[0].to_array(n)?;
+        let raw = arrow_cast::cast(&ts, &DataType::Int64)?;
+        let Some(raw) = raw.as_any().downcast_ref::<Int64Array>() else {
+            return exec_err!("session_window(): timestamps as Int64");
+        };
+        let mut starts = Vec::with_capacity(n);
+        let mut ends = Vec::with_capacity(n);
+        for (t, g) in raw.iter().zip(gaps) {
+            match (t, g) {
+                (Some(t), Some(g)) if g > 0 => {
+                    starts.push(Some(t));
+                    ends.push(Some(t + from_us(g)));
+                }
+                _ => {
+                    starts.push(None);
+                    ends.push(None);
+                }
+            }
+        }
+        let valid: arrow_buffer::NullBuffer = starts.iter().map(Option::is_some).collect();
+        let part =
+            |v: Vec<Option<i64>>| -> DfResult<ArrayRef> { Ok(arrow_cast::cast(&Int64Array::from(v), &ts_type)?) };
+        let st = StructArray::try_new(window_fields(&ts_type), vec![part(starts)?, part(ends)?], Some(valid))?;
+        Ok(ColumnarValue::Array(Arc::new(st)))
+    }
 }
 
 /// `window_time(window)`: the last instant of a window, `end` minus one microsecond (Spark's
@@ -274,7 +362,7 @@ fn append_i64(st: &mut StructBuilder, i: usize, v: i64) {
 }
 
 fn is_window_call(e: &Expr) -> bool {
-    matches!(e, Expr::ScalarFunction(f) if f.func.name() == WINDOW)
+    matches!(e, Expr::ScalarFunction(f) if f.func.name() == WINDOW || f.func.name() == SESSION_WINDOW)
 }
 
 /// The constant arguments of a `window(...)` call.
@@ -321,6 +409,9 @@ pub(super) fn rewrite(plan: LogicalPlan) -> DfResult<(LogicalPlan, Vec<(String, 
                 let Expr::ScalarFunction(f) = c else { continue };
                 if !times.contains(&f.args[0]) {
                     times.push(f.args[0].clone());
+                }
+                if f.func.name() == SESSION_WINDOW {
+                    continue;
                 }
                 let spec = spec_of(f)?;
                 if spec.slide != spec.size {
