@@ -32,18 +32,9 @@ import sys
 import tempfile
 import time
 
-VENV_PYTHON = os.path.expanduser("~/.cache/sluice/pyspark-venv/bin/python")
-
-
-def ensure_pyspark():
-    try:
-        import pyspark  # noqa: F401
-    except ImportError:
-        venv = os.path.dirname(os.path.dirname(VENV_PYTHON))
-        if os.path.exists(VENV_PYTHON) and os.path.realpath(sys.prefix) != os.path.realpath(venv):
-            os.execv(VENV_PYTHON, [VENV_PYTHON] + sys.argv)
-        raise SystemExit("pyspark is not installed (python3 -m venv ~/.cache/sluice/pyspark-venv && "
-                         "~/.cache/sluice/pyspark-venv/bin/pip install pyspark)")
+# The venv re-exec shared with the fixture scripts.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures", "spark"))
+from spark_session import ensure_pyspark  # noqa: E402
 
 
 def count_events(directory):

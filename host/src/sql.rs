@@ -950,16 +950,7 @@ impl Aggregator {
     /// A snapshot of the state, built off the loop: the table's pages (shared), turned into
     /// state rows with typed keys one page at a time as they are written.
     fn snapshot(&self) -> crate::state::Snapshot {
-        let pages = self.table.pages();
-        let converter = self.converter.clone();
-        let schema = self.state_schema.clone();
-        Box::new(pages.into_iter().map(move |(page, live)| {
-            let page = match live {
-                Some(mask) => arrow_select::filter::filter_record_batch(&page, &mask)?,
-                None => page,
-            };
-            Ok(typed_rows(converter.as_deref(), &schema, &page)?)
-        }))
+        snapshot(&self.table, self.converter.clone(), self.state_schema.clone())
     }
 
     /// Runs the batch in the `input` slot with watermark `watermark_ms`: returns what `mode`
@@ -1082,6 +1073,18 @@ fn event_time_key(group: &[Expr], column: &str, windows: &[(String, Expr)]) -> O
         };
         window.then_some(EventTimeKey { key, window: true })
     })
+}
+
+/// A snapshot of `table`: its pages (shared) with their live-row masks, filtered and turned into
+/// state rows (typed keys) one page at a time as the snapshot is written, off the loop.
+fn snapshot(table: &StateTable, converter: Option<Arc<RowConverter>>, schema: SchemaRef) -> crate::state::Snapshot {
+    Box::new(table.pages().into_iter().map(move |(page, live)| {
+        let page = match live {
+            Some(mask) => arrow_select::filter::filter_record_batch(&page, &mask)?,
+            None => page,
+        };
+        Ok(typed_rows(converter.as_deref(), &schema, &page)?)
+    }))
 }
 
 /// State table rows (binary keys, state fields) as state rows (typed keys, state fields).

@@ -198,17 +198,8 @@ impl DedupStep {
         self.metrics.memory_used_bytes = (self.table.memory() + self.expiry.memory()) as u64;
         let started = std::time::Instant::now();
         if let Some(store) = &self.store {
-            let (table, converter, schema) = (self.table.pages(), self.converter.clone(), self.state_schema.clone());
-            let snapshot = move || -> crate::state::Snapshot {
-                Box::new(table.into_iter().map(move |(page, live)| {
-                    let page = match live {
-                        Some(mask) => arrow_select::filter::filter_record_batch(&page, &mask)?,
-                        None => page,
-                    };
-                    Ok(typed_rows(Some(&converter), &schema, &page)?)
-                }))
-            };
-            store.commit(batch_id + 1, &self.state_schema, &delta, &removed_keys, snapshot).await?;
+            let full = || super::snapshot(&self.table, Some(self.converter.clone()), self.state_schema.clone());
+            store.commit(batch_id + 1, &self.state_schema, &delta, &removed_keys, full).await?;
         }
         self.metrics.commit_time_ms = started.elapsed().as_millis() as u64;
         Ok(out)
