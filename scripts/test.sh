@@ -14,7 +14,13 @@ echo "==> starting a local Apache Kafka broker (KRaft) for the Kafka tests"
 eval "$(scripts/kafka.sh start)"
 trap 'scripts/kafka.sh stop; scripts/s3-server.sh stop' EXIT
 
-echo "==> unit and integration tests (the crash tests run the sluice binary)"
+echo "==> the official Python Prometheus client (the server test parses /metrics with it)"
+venv="${HOME:-/tmp}/.cache/sluice/prom-venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -c 'import prometheus_client' 2>/dev/null || "$venv/bin/pip" install -q 'prometheus_client==0.21.1'
+export SLUICE_PROM_PYTHON="$venv/bin/python"
+
+echo "==> unit and integration tests (the crash tests and the server test run the sluice binary)"
 cargo build --release -p sluice
 cargo test --release -p sluice -p sluice-sdk -p sluice-tests
 
@@ -91,3 +97,9 @@ if last != want:
 print(f"kafka_events: totals for {len(want)} users match")
 PY
 echo "examples: OK"
+
+echo "==> the dashboard of sluice serve in headless Chromium (installs Debian's chromium and playwright-core if missing)"
+SLUICE_BIN="$abs_bin" scripts/browser-test.sh
+
+echo "==> a 2-minute soak smoke of sluice serve (the hour-long run: scripts/soak.sh 3600)"
+SLUICE_BIN="$abs_bin" scripts/soak.sh 120

@@ -41,12 +41,14 @@ use crate::sql::BatchWatermark;
 use crate::trigger::Trigger;
 
 mod build;
+mod manager;
 pub(crate) mod query;
 mod recover;
 mod reload;
 mod step;
 mod watermark;
 
+pub use manager::{DEFAULT_IDLE_EVENT_INTERVAL, StreamingQueryManager};
 use query::Shared;
 pub use query::StreamingQuery;
 use recover::{Resume, recover};

@@ -124,6 +124,10 @@ pub enum Error {
     #[error("source {source_name}: {message}")]
     Source { source_name: String, message: String, kind: ErrorKind },
 
+    /// An HTTP exchange failed (the CLI talking to `sluice serve`, a webhook).
+    #[error("{context}: {message}")]
+    Http { context: String, message: String },
+
     /// A sink failed to write.
     #[error("sink {sink}: {message}")]
     Sink { sink: String, message: String },
@@ -180,7 +184,7 @@ impl Error {
             Error::PluginLoad { .. } | Error::Plugin { .. } | Error::PluginTrap { .. } => ErrorKind::Plugin,
             Error::PluginLimit { .. } => ErrorKind::ResourceLimit,
             Error::Source { kind, .. } => *kind,
-            Error::Sink { .. } | Error::Io { .. } => ErrorKind::External,
+            Error::Sink { .. } | Error::Io { .. } | Error::Http { .. } => ErrorKind::External,
             Error::Failed(e) => e.kind(),
             Error::Arrow(_) | Error::Internal(_) => ErrorKind::Internal,
         }

@@ -34,6 +34,7 @@
 
 pub mod bench;
 mod checkpoint;
+pub mod client;
 mod config;
 pub mod devkit;
 mod engine;
@@ -42,10 +43,13 @@ mod faults;
 mod foreach;
 mod inspect;
 pub mod kafka;
+mod listener;
+mod metrics;
 mod options;
 mod plugin;
 mod progress;
 mod schema;
+pub mod serve;
 mod session;
 mod sink;
 mod source;
@@ -57,11 +61,16 @@ pub mod watch;
 
 pub use arrow_array::RecordBatch;
 pub use config::parse_config_arg;
-pub use engine::StreamingQuery;
+pub use engine::{DEFAULT_IDLE_EVENT_INTERVAL, StreamingQuery, StreamingQueryManager};
 pub use error::{Error, ErrorKind, Limit, PluginFault, Result};
 pub use foreach::{BatchInfo, ForeachBatchFn, ForeachWriter, ForeachWriterFactory};
 pub use inspect::{BatchReport, CheckpointReport, OperatorReport, inspect_checkpoint, read_state};
-pub use options::Options;
+pub use listener::{
+    FnListener, JsonLinesListener, ListenerId, QueryEvent, QueryIdleEvent, QueryStartedEvent, QueryTerminatedEvent,
+    StreamingQueryListener, WebhookListener,
+};
+pub use metrics::Metrics;
+pub use options::{Options, parse_duration};
 pub use plugin::inspect::PluginReport;
 pub use plugin::{DEFAULT_MEMORY_BUDGET, Requirement, Role, RuntimeConfig, default_cache_dir};
 pub use progress::{

@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[path = "cli/status.rs"]
+mod status;
+
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Spark Structured Streaming with sandboxed WebAssembly plugins")]
 struct Cli {
@@ -24,6 +27,68 @@ enum Command {
         /// Hot-reload plugins when their files, or their settings in the pipeline file, change.
         #[arg(long)]
         watch: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Append the query's listener events (started, progress, idle, terminated) as JSON lines.
+        #[arg(long, value_name = "FILE")]
+        events: Option<PathBuf>,
+        /// POST the query's listener events as JSON to this URL.
+        #[arg(long, value_name = "URL")]
+        webhook: Option<String>,
+    },
+    /// Run a server for many queries: HTTP API, Prometheus metrics, dashboard.
+    Serve {
+        /// Address to listen on; anything but loopback needs a token.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where submitted queries, uploaded plugins and default checkpoints live.
+        #[arg(long, default_value = ".sluice")]
+        state_dir: PathBuf,
+        /// A token every request must carry (`Authorization: Bearer T`); also from SLUICE_TOKEN.
+        #[arg(long)]
+        token: Option<String>,
+        /// POST every query event as JSON to this URL.
+        #[arg(long, value_name = "URL")]
+        webhook: Option<String>,
+        /// How long a query finds no data before it posts an idle event (Spark's
+        /// noDataProgressEventInterval).
+        #[arg(long, default_value = "10s")]
+        idle_event_interval: String,
+    },
+    /// Submit a pipeline file to a server, uploading the plugins it names by relative paths.
+    Submit {
+        /// The pipeline file (TOML).
+        file: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show the queries of a server, or one of them (by name or id).
+    Status {
+        /// A query's name or id (prefix); default: all.
+        query: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Stop a query on a server (by name or id).
+    Stop {
+        /// The query's name or id (prefix).
+        query: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Print a query's recent events on a server (by name or id).
+    Logs {
+        /// The query's name or id (prefix).
+        query: String,
+        /// How many events.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        lines: usize,
+        /// Keep printing new events.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Check a pipeline file without running it: options, plugins, SQL and output mode.
     Validate {
@@ -71,6 +136,25 @@ enum Command {
         #[arg(long, hide = true)]
         state_checkpoint: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// The server's URL (default: $SLUICE_SERVER or http://127.0.0.1:8080); the token comes
+    /// from $SLUICE_TOKEN.
+    #[arg(long)]
+    server: Option<String>,
+}
+
+impl ServerArgs {
+    fn client(&self) -> sluice::Result<sluice::client::Client> {
+        let url = self
+            .server
+            .clone()
+            .or_else(|| std::env::var("SLUICE_SERVER").ok())
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        sluice::client::Client::new(&url, std::env::var("SLUICE_TOKEN").ok())
+    }
 }
 
 #[derive(Subcommand)]
@@ -181,6 +265,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    eprintln!("stopping...");
+}
+
 /// A session for `spec`: fuel metering on only when a plugin sets `limits.fuel` (it costs
 /// speed, see the README's benchmarks).
 fn session_for(spec: &sluice::PipelineSpec) -> sluice::Result<sluice::Session> {
@@ -191,9 +292,28 @@ fn session_for(spec: &sluice::PipelineSpec) -> sluice::Result<sluice::Session> {
 
 async fn run(command: Command) -> sluice::Result<()> {
     match command {
-        Command::Run { file, progress, watch } => {
+        Command::Run { file, progress, watch, metrics, events, webhook } => {
             let spec = sluice::PipelineSpec::from_file(&file)?;
             let session = session_for(&spec)?;
+            let _metrics = match metrics {
+                Some(addr) => {
+                    let m = std::sync::Arc::new(sluice::Metrics::new());
+                    session.streams().add_listener(m.clone());
+                    eprintln!("metrics at http://{addr}/metrics");
+                    Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                        if let Err(e) = sluice::serve::serve_metrics(addr, m).await {
+                            eprintln!("error: metrics endpoint: {e}");
+                        }
+                    })))
+                }
+                None => None,
+            };
+            if let Some(path) = events {
+                session.streams().add_listener(std::sync::Arc::new(sluice::JsonLinesListener::new(&path)?));
+            }
+            if let Some(url) = webhook {
+                session.streams().add_listener(std::sync::Arc::new(sluice::WebhookListener::new(&url)?));
+            }
             let query = session.start(&spec).await?;
             let _watcher = watch.then(|| {
                 tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sluice::watch::watch(
@@ -203,15 +323,20 @@ async fn run(command: Command) -> sluice::Result<()> {
                 )))
             });
             let mut seen = 0u64;
+            let mut line = status::StatusLine::new(!progress);
             loop {
                 tokio::select! {
                     r = query.await_termination() => {
+                        line.finish();
                         if progress {
                             for p in query.recent_progress().iter().filter(|p| p.batch_id >= seen) {
                                 eprintln!("{p}");
                             }
                         }
                         return r;
+                    }
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)), if !progress => {
+                        line.show(&query);
                     }
                     _ = tokio::signal::ctrl_c() => {
                         eprintln!("stopping...");
@@ -227,6 +352,43 @@ async fn run(command: Command) -> sluice::Result<()> {
                     }
                 }
             }
+        }
+        Command::Serve { listen, state_dir, token, webhook, idle_event_interval } => {
+            let mut opts = sluice::serve::ServeOptions::new(listen, state_dir);
+            opts.token = token.or_else(|| std::env::var("SLUICE_TOKEN").ok()).filter(|t| !t.is_empty());
+            opts.webhook = webhook;
+            opts.idle_event_interval = Some(sluice::parse_duration(&idle_event_interval).map_err(|e| {
+                sluice::Error::Config { location: None, message: format!("--idle-event-interval: {e}") }
+            })?);
+            sluice::serve::serve(opts, shutdown_signal()).await
+        }
+        Command::Submit { file, server } => {
+            let v = server.client()?.submit(&file).await?;
+            println!("{}", sluice::client::format_query(&v));
+            Ok(())
+        }
+        Command::Status { query, server } => {
+            let c = server.client()?;
+            match query {
+                Some(q) => {
+                    let id = c.resolve(&q).await?;
+                    let v = c.status(Some(&id)).await?;
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                }
+                None => print!("{}", sluice::client::format_queries(&c.status(None).await?)),
+            }
+            Ok(())
+        }
+        Command::Stop { query, server } => {
+            let c = server.client()?;
+            let id = c.resolve(&query).await?;
+            println!("{}", sluice::client::format_query(&c.stop(&id).await?));
+            Ok(())
+        }
+        Command::Logs { query, lines, follow, server } => {
+            let c = server.client()?;
+            let id = c.resolve(&query).await?;
+            status::print_events(&c, &id, lines, follow).await
         }
         Command::Validate { file } => {
             let spec = sluice::PipelineSpec::from_file(&file)?;

@@ -148,7 +148,7 @@ impl Options {
 }
 
 /// Parses a human duration: `500ms`, `1s`, `2 seconds`, `1.5 minutes`, `1h`.
-pub(crate) fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+pub fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
     let t = text.trim().to_ascii_lowercase();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);

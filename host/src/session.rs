@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 
-use crate::engine::{Query, StreamingQuery};
+use crate::engine::{Query, StreamingQuery, StreamingQueryManager};
 use crate::error::Result;
 use crate::foreach::{ForeachBatchFn, ForeachWriterFactory};
 use crate::plugin::inspect::PluginReport;
@@ -27,6 +27,7 @@ use crate::trigger::Trigger;
 pub struct Session {
     runtime: PluginRuntime,
     tables: MemoryTables,
+    streams: StreamingQueryManager,
 }
 
 impl Session {
@@ -42,7 +43,16 @@ impl Session {
 
     /// A session with explicit plugin-runtime settings (cache, process-wide memory budget, fuel).
     pub fn with_config(config: RuntimeConfig) -> Result<Self> {
-        Ok(Session { runtime: PluginRuntime::try_new(config)?, tables: MemoryTables::default() })
+        Ok(Session {
+            runtime: PluginRuntime::try_new(config)?,
+            tables: MemoryTables::default(),
+            streams: StreamingQueryManager::new(),
+        })
+    }
+
+    /// The session's queries and listeners (Spark's `spark.streams`).
+    pub fn streams(&self) -> &StreamingQueryManager {
+        &self.streams
     }
 
     /// Starts describing a streaming source.
@@ -55,10 +65,18 @@ impl Session {
         self.tables.get(name)
     }
 
-    /// Builds and starts the query `spec` describes (what `sluice run` does).
+    /// Builds and starts the query `spec` describes (what `sluice run` does). Refused when a
+    /// query with the same name, or the same checkpoint, is active in this session.
     pub async fn start(&self, spec: &PipelineSpec) -> Result<StreamingQuery> {
         let q = Query::build(spec, &self.runtime, &self.tables).await?;
-        Ok(StreamingQuery::start(q))
+        self.streams.start(q)
+    }
+
+    /// Like [`Session::start`]; a query whose checkpoint has no id yet gets `id` (the server's
+    /// name for it).
+    pub(crate) async fn start_with_id(&self, spec: &PipelineSpec, id: uuid::Uuid) -> Result<StreamingQuery> {
+        let q = Query::build_with_id(spec, &self.runtime, &self.tables, Some(id)).await?;
+        self.streams.start(q)
     }
 
     /// Builds the query without running it and returns the schema of what reaches the sink

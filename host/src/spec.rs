@@ -40,6 +40,18 @@ impl PipelineSpec {
         });
         self.source.plugin.iter().chain(transforms).chain(self.sink.plugin.iter())
     }
+
+    /// The plugin at `step`, if that step is a plugin.
+    pub fn plugin_at_mut(&mut self, step: StepRef) -> Option<&mut PluginSpec> {
+        match step {
+            StepRef::Source => self.source.plugin.as_mut(),
+            StepRef::Sink => self.sink.plugin.as_mut(),
+            StepRef::Transform(i) => match self.transforms.get_mut(i) {
+                Some(TransformSpec::Plugin(p)) => Some(p),
+                _ => None,
+            },
+        }
+    }
 }
 
 /// The input source.

@@ -17,6 +17,7 @@ mod recovery;
 mod reload;
 mod roles;
 mod sandbox;
+mod serve;
 mod sources;
 mod spark_functions;
 mod wordcount;

@@ -57,8 +57,18 @@ impl Query {
     /// Builds every part of `spec`, loading plugins and planning SQL, and checks the output mode
     /// against the query's shape.
     pub(crate) async fn build(spec: &PipelineSpec, runtime: &PluginRuntime, tables: &MemoryTables) -> Result<Query> {
+        Self::build_with_id(spec, runtime, tables, None).await
+    }
+
+    /// Like [`Query::build`]; a query whose checkpoint has no id yet gets `id` (a new one if `None`).
+    pub(crate) async fn build_with_id(
+        spec: &PipelineSpec,
+        runtime: &PluginRuntime,
+        tables: &MemoryTables,
+        id: Option<uuid::Uuid>,
+    ) -> Result<Query> {
         let checkpoint = spec.checkpoint_location.as_deref().map(Checkpoint::open).transpose()?;
-        let id = checkpoint_id(&checkpoint).await?.unwrap_or_else(uuid::Uuid::new_v4);
+        let id = checkpoint_id(&checkpoint).await?.or(id).unwrap_or_else(uuid::Uuid::new_v4);
         let query_id = id.to_string();
         let parallelism = parallelism();
         let sink_provider = crate::sink::provider(&spec.sink)?;

@@ -1,15 +1,17 @@
 //! [`StreamingQuery`]: the handle `start()` returns at once, like Spark's.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
+use super::manager::ManagerInner;
 use crate::error::{Error, Result};
+use crate::listener::{QueryEvent, QueryIdleEvent, QueryStartedEvent, QueryTerminatedEvent};
 use crate::progress::{StreamingQueryProgress, StreamingQueryStatus};
 
 /// How many progress reports a query keeps (Spark's `numRecentProgressUpdates`).
@@ -31,6 +33,15 @@ pub(crate) struct Shared {
     events: Mutex<Vec<String>>,
     /// Preparing and swapping in new plugin versions.
     pub(super) reload: Mutex<Option<Arc<super::reload::ReloadContext>>>,
+    /// The session's manager: its listener bus, and who to tell when the query ends.
+    manager: Weak<ManagerInner>,
+    /// When the query last reported progress or idleness (none yet: the first idle check reports).
+    last_report: Mutex<Option<Instant>>,
+    idle_interval: Duration,
+}
+
+fn timestamp_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -38,7 +49,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(name: Option<String>, id: Option<Uuid>) -> Self {
+    pub(crate) fn new(name: Option<String>, id: Option<Uuid>, manager: Weak<ManagerInner>) -> Self {
+        let idle_interval =
+            manager.upgrade().map(|m| m.idle_interval()).unwrap_or(super::manager::DEFAULT_IDLE_EVENT_INTERVAL);
         Shared {
             id: id.unwrap_or_else(Uuid::new_v4),
             run_id: Uuid::new_v4(),
@@ -54,6 +67,15 @@ impl Shared {
             terminated: watch::channel(false).0,
             events: Mutex::new(Vec::new()),
             reload: Mutex::new(None),
+            manager,
+            last_report: Mutex::new(None),
+            idle_interval,
+        }
+    }
+
+    fn post(&self, e: QueryEvent) {
+        if let Some(m) = self.manager.upgrade() {
+            m.bus.post(e);
         }
     }
 
@@ -65,6 +87,8 @@ impl Shared {
     }
 
     pub(crate) fn push_progress(&self, p: StreamingQueryProgress) {
+        *lock(&self.last_report) = Some(Instant::now());
+        self.post(QueryEvent::Progress { progress: Box::new(p.clone()) });
         let mut q = lock(&self.progress);
         q.push_back(p);
         while q.len() > RECENT_PROGRESS {
@@ -82,15 +106,42 @@ impl Shared {
         std::mem::take(&mut *lock(&self.events))
     }
 
+    /// A check found no new data: counts it, and posts a `QueryIdleEvent` when the query has
+    /// reported nothing for the idle interval (at once for the first check, as Spark does).
     pub(crate) fn note_idle(&self) {
         self.idle.send_modify(|n| *n += 1);
+        let now = Instant::now();
+        let mut last = lock(&self.last_report);
+        if last.is_none_or(|t| now.duration_since(t) >= self.idle_interval) {
+            *last = Some(now);
+            drop(last);
+            self.post(QueryEvent::Idle(QueryIdleEvent {
+                id: self.id.to_string(),
+                run_id: self.run_id.to_string(),
+                timestamp: timestamp_now(),
+            }));
+        }
     }
 
     pub(crate) fn finish(&self, result: Result<()>) {
-        if let Err(e) = result {
-            tracing::error!(query = ?self.name, "query failed: {e}");
-            self.set_status(&format!("Terminated with exception: {e}"), false, false);
-            *lock(&self.exception) = Some(Arc::new(e));
+        let error = match result {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(query = ?self.name, "query failed: {e}");
+                self.set_status(&format!("Terminated with exception: {e}"), false, false);
+                let e = Arc::new(e);
+                *lock(&self.exception) = Some(e.clone());
+                Some(e)
+            }
+        };
+        self.post(QueryEvent::Terminated(QueryTerminatedEvent {
+            id: self.id.to_string(),
+            run_id: self.run_id.to_string(),
+            exception: error.as_ref().map(|e| e.to_string()),
+            error_class_on_exception: error.as_ref().map(|e| format!("{:?}", e.kind())),
+        }));
+        if let Some(m) = self.manager.upgrade() {
+            m.on_terminated(self.id, self.run_id, error);
         }
         self.terminated.send_replace(true);
     }
@@ -112,9 +163,15 @@ impl std::fmt::Debug for StreamingQuery {
 }
 
 impl StreamingQuery {
-    pub(crate) fn start(query: super::Query) -> Self {
-        let shared = Arc::new(Shared::new(query.name.clone(), Some(query.id)));
+    pub(crate) fn start(query: super::Query, manager: Weak<ManagerInner>) -> Self {
+        let shared = Arc::new(Shared::new(query.name.clone(), Some(query.id), manager));
         *lock(&shared.reload) = Some(query.reload_context());
+        shared.post(QueryEvent::Started(QueryStartedEvent {
+            id: shared.id.to_string(),
+            run_id: shared.run_id.to_string(),
+            name: shared.name.clone(),
+            timestamp: timestamp_now(),
+        }));
         let cancel = CancellationToken::new();
         let (s, c) = (shared.clone(), cancel.clone());
         let task = tokio::spawn(async move {
@@ -134,6 +191,14 @@ impl StreamingQuery {
             s.finish(result);
         });
         StreamingQuery { shared, cancel, _task: Arc::new(AbortOnDropHandle::new(task)) }
+    }
+
+    pub(super) fn parts(&self) -> (Arc<Shared>, CancellationToken, Weak<AbortOnDropHandle<()>>) {
+        (self.shared.clone(), self.cancel.clone(), Arc::downgrade(&self._task))
+    }
+
+    pub(super) fn from_parts(shared: Arc<Shared>, cancel: CancellationToken, task: Arc<AbortOnDropHandle<()>>) -> Self {
+        StreamingQuery { shared, cancel, _task: task }
     }
 
     /// The query's id.
