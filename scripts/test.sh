@@ -45,6 +45,10 @@ echo "$out" | grep -Eq "^\| the +\| $expected +\|$" || { echo "error: wordcount_
 "$bin" run examples/wordcount_sql.toml > /dev/null
 "$bin" run examples/events_json.toml > /dev/null
 "$bin" run examples/json_plugin.toml > /dev/null
+# Event time: the late click must be dropped, the out-of-order one counted.
+out="$(cd examples && "$abs_bin" run windowed_events.toml --progress 2>&1)"
+echo "$out" | grep -Eq '10:00:00Z, end: 2026-11-25T10:01:00Z\} \| home \| 3 ' || { echo "error: windowed_events did not count 3 home clicks in [10:00, 10:01)" >&2; exit 1; }
+echo "$out" | grep -q '"numRowsDroppedByWatermark": 1' || { echo "error: windowed_events did not drop the late click" >&2; exit 1; }
 rm -rf examples/ckpt/wordcount examples/out/wordcount
 "$bin" run examples/wordcount_checkpoint.toml
 "$bin" checkpoint inspect examples/ckpt/wordcount

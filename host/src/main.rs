@@ -323,7 +323,7 @@ async fn run(command: Command) -> sluice::Result<()> {
                 )))
             });
             let mut seen = 0u64;
-            let mut line = status::StatusLine::new(!progress);
+            let mut line = status::StatusLine::new(!progress, spec.trigger == sluice::Trigger::AvailableNow);
             loop {
                 tokio::select! {
                     r = query.await_termination() => {
