@@ -430,3 +430,72 @@ async fn query_manager_and_listeners() {
     assert_eq!(events.first().map(String::as_str), Some("QueryStartedEvent"), "{events:?}");
     assert_eq!(events.last().map(String::as_str), Some("QueryTerminatedEvent"), "{events:?}");
 }
+
+/// The restart policy: an external error (nothing listening on a socket source's port) is
+/// retried with back-off until the port answers; a user error (division by zero in the SQL)
+/// stops the query as `failed`, not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_restart_policy() {
+    let dir = tempdir("serve-policy");
+    let (hook_url, _hook) = webhook().await;
+    let server = start_server(&dir.join("state"), &hook_url);
+    let api = format!("{}/api/queries", server.url);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let sock = format!(
+        "name = \"sock\"\n[source]\nformat = \"socket\"\noptions = {{ host = \"127.0.0.1\", port = \"{port}\" }}\n\
+         [sink]\nformat = \"memory\"\noutput_mode = \"append\"\n"
+    );
+    let (status, v) = call(reqwest::Method::POST, &api, Some(sock.into())).await;
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    until(20, "the socket query to be retried", async || {
+        let q = get(&format!("{api}/{id}")).await;
+        q["state"] == "retrying"
+            && q["restarts"].as_u64() >= Some(1)
+            && q["exception"].as_str().is_some_and(|e| e.contains("cannot connect"))
+    })
+    .await;
+    // The port answers: the next attempt connects and the query runs.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind the port");
+    let accept = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"hello\nworld\n").await.expect("write");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    until(30, "the socket query to run and read two lines", async || {
+        let q = get(&format!("{api}/{id}")).await;
+        q["state"] == "running"
+            && get(&format!("{api}/{id}/progress")).await["progress"]
+                .as_array()
+                .is_some_and(|p| p.iter().map(|b| b["numInputRows"].as_u64().unwrap_or(0)).sum::<u64>() == 2)
+    })
+    .await;
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let m = parse_metrics(&text);
+    assert!(metric(&m, "sluice_query_restarts_total{query=sock}") >= 1.0);
+    accept.abort();
+
+    // A user error: failed with its message, never restarted.
+    let bad = "name = \"bad\"\n[source]\nformat = \"rate\"\noptions = { rowsPerSecond = \"10\" }\n[[transform]]\n\
+               sql = \"SELECT value / (value - value) AS x FROM input\"\n[sink]\nformat = \"noop\"\n";
+    let (status, v) = call(reqwest::Method::POST, &api, Some(bad.into())).await;
+    assert_eq!(status, 201, "{v}");
+    let bad_id = v["id"].as_str().expect("id").to_string();
+    until(20, "the bad query to fail", async || get(&format!("{api}/{bad_id}")).await["state"] == "failed").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let q = get(&format!("{api}/{bad_id}")).await;
+    assert_eq!((q["state"].as_str(), q["restarts"].as_u64()), (Some("failed"), Some(0)), "{q}");
+    assert!(q["exception"].as_str().is_some_and(|e| e.to_lowercase().contains("divide by zero")), "{q}");
+    drop(server);
+}

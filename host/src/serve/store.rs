@@ -122,10 +122,13 @@ impl QueryDir {
     }
 
     /// The spec to run: the pipeline (relative paths under `files/`), a checkpoint under the
-    /// query's directory when it names none, and the plugins replaced since.
+    /// query's directory when it names none (but for the socket source), and the plugins
+    /// replaced since.
     pub(crate) fn spec(&self, text: &str, record: Option<&Record>) -> Result<PipelineSpec> {
         let mut spec = PipelineSpec::from_toml(text, "pipeline.toml", &self.files())?;
-        if spec.checkpoint_location.is_none() {
+        // A socket source cannot replay, so a checkpoint could not make it exactly-once and is
+        // refused with it: such a query runs without one, as `sluice run` would.
+        if spec.checkpoint_location.is_none() && spec.source.format != "socket" {
             spec.checkpoint_location = Some(self.dir.join("checkpoint"));
         }
         for (step, path) in record.map(|r| &r.replaced).into_iter().flatten() {
