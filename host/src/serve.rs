@@ -205,7 +205,14 @@ impl Server {
     /// Loads the queries under the state dir and starts those that were running.
     fn resume(&self) -> Result<()> {
         for dir in QueryDir::all(&self.state_dir)? {
-            let record = dir.record()?;
+            // One unreadable query directory must not keep the others from running.
+            let record = match dir.record() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("skipping query {}: {e}", dir.id);
+                    continue;
+                }
+            };
             let name = dir.pipeline_text().ok().and_then(|t| dir.spec(&t, None).ok()).and_then(|s| s.name);
             let desired = record.desired;
             let m = Managed::new(dir.clone(), name, record);
