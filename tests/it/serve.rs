@@ -174,6 +174,11 @@ fn output_values(out: &Path) -> Vec<i64> {
     v
 }
 
+async fn metrics_text(url: &str) -> String {
+    let resp = reqwest::Client::new().get(format!("{url}/metrics")).bearer_auth(TOKEN).send().await.expect("metrics");
+    resp.text().await.expect("text")
+}
+
 /// The Prometheus text parsed by the official Python client (`tests/prom_parse.py`).
 fn parse_metrics(text: &str) -> serde_json::Map<String, Value> {
     let python = std::env::var("SLUICE_PROM_PYTHON").unwrap_or_else(|_| {
@@ -289,16 +294,7 @@ async fn serve_end_to_end() {
         get(&format!("{api}/{b_id}")).await["lastProgress"]["stateOperators"][0]["numRowsTotal"] == 10
     })
     .await;
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", server.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let m = parse_metrics(&text);
+    let m = parse_metrics(&metrics_text(&server.url).await);
     let last = metric(&m, "sluice_query_last_batch_id{query=b}") as u64;
     let bp = get(&format!("{api}/{b_id}/progress")).await;
     let p = bp["progress"].as_array().expect("array").iter().find(|p| p["batchId"] == last).cloned();
@@ -473,16 +469,7 @@ async fn serve_restart_policy() {
                 .is_some_and(|p| p.iter().map(|b| b["numInputRows"].as_u64().unwrap_or(0)).sum::<u64>() == 2)
     })
     .await;
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", server.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let m = parse_metrics(&text);
+    let m = parse_metrics(&metrics_text(&server.url).await);
     assert!(metric(&m, "sluice_query_restarts_total{query=sock}") >= 1.0);
     accept.abort();
 

@@ -50,6 +50,8 @@ struct Inner {
 pub(crate) struct Managed {
     pub(crate) dir: QueryDir,
     pub(crate) name: Option<String>,
+    /// The pipeline's steps (source, transforms, sink), for showing plugin versions.
+    steps: Vec<crate::spec::StepRef>,
     inner: Mutex<Inner>,
     stop: Notify,
 }
@@ -83,9 +85,11 @@ pub(crate) struct QueryView {
 
 impl Managed {
     pub(crate) fn new(dir: QueryDir, name: Option<String>, record: Record) -> Arc<Self> {
+        let steps = steps_of(&dir);
         Arc::new(Managed {
             dir,
             name,
+            steps,
             inner: Mutex::new(Inner {
                 state: State::Stopped,
                 query: None,
@@ -127,7 +131,7 @@ impl Managed {
         let q = i.query.as_ref();
         let mut plugins = std::collections::BTreeMap::new();
         if let Some(q) = q {
-            for step in self.steps() {
+            for &step in &self.steps {
                 if let Some(v) = q.plugin_version(step) {
                     plugins.insert(step.to_string(), v);
                 }
@@ -147,13 +151,6 @@ impl Managed {
             pipeline: with_pipeline.then(|| self.dir.pipeline_text().unwrap_or_default()),
             plugins,
         }
-    }
-
-    fn steps(&self) -> Vec<crate::spec::StepRef> {
-        let n = self.dir.pipeline_text().ok().and_then(|t| self.dir.spec(&t, None).ok()).map(|s| s.transforms.len());
-        let mut v = vec![crate::spec::StepRef::Source, crate::spec::StepRef::Sink];
-        v.extend((0..n.unwrap_or(0)).map(crate::spec::StepRef::Transform));
-        v
     }
 
     /// Starts supervising: runs the query until it is stopped, restarting it under the policy.
@@ -246,4 +243,12 @@ impl Managed {
         }
         i.next_retry = next_retry;
     }
+}
+
+/// The steps of the query's pipeline, read once when it is loaded.
+fn steps_of(dir: &QueryDir) -> Vec<crate::spec::StepRef> {
+    let n = dir.pipeline_text().ok().and_then(|t| dir.spec(&t, None).ok()).map(|s| s.transforms.len());
+    let mut v = vec![crate::spec::StepRef::Source, crate::spec::StepRef::Sink];
+    v.extend((0..n.unwrap_or(0)).map(crate::spec::StepRef::Transform));
+    v
 }
