@@ -22,6 +22,7 @@ use crate::spec::{PluginLimits, PluginSpec};
 use crate::{OutputMode, Session, Trigger};
 
 mod growth;
+pub mod latency;
 mod windowed;
 
 pub use growth::state_child;

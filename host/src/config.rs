@@ -438,15 +438,19 @@ fn trigger(loc: &Locator<'_>, raw: Option<Spanned<RawTrigger>>) -> Result<Trigge
         chosen.push(Trigger::Once);
     }
     if let Some(c) = &t.continuous {
-        return Err(loc.err(
-            c.span().start,
-            "trigger.continuous is not supported yet; use processing_time, available_now or once",
-        ));
+        let d = parse_duration(c.get_ref()).map_err(|e| loc.err(c.span().start, format!("trigger.continuous: {e}")))?;
+        if d < std::time::Duration::from_millis(10) {
+            return Err(loc.err(
+                c.span().start,
+                "trigger.continuous is the epoch (checkpoint) interval and must be at least 10ms; rows flow as they arrive whatever it is",
+            ));
+        }
+        chosen.push(Trigger::Continuous(d));
     }
     match chosen.len() {
         0 => Ok(Trigger::Default),
         1 => Ok(chosen[0]),
-        _ => Err(loc.err(at, "[trigger] takes one of processing_time, available_now or once")),
+        _ => Err(loc.err(at, "[trigger] takes one of processing_time, available_now, once or continuous")),
     }
 }
 

@@ -32,7 +32,8 @@ use crate::error::{Error, Result};
 use crate::faults::Pauses;
 use crate::plugin::CallContext;
 use crate::progress::{
-    self, PluginProgress, SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress,
+    self, Latencies, LatencyProgress, PluginProgress, SinkProgress, SourceProgress, StateOperatorProgress,
+    StreamingQueryProgress,
 };
 use crate::sink::{BatchMeta, Sink};
 use crate::source::{Offset, Partitioned, ReadLimit, Source};
@@ -41,6 +42,7 @@ use crate::sql::BatchWatermark;
 use crate::trigger::Trigger;
 
 mod build;
+mod continuous;
 mod manager;
 pub(crate) mod query;
 mod recover;
@@ -174,6 +176,16 @@ struct Executed {
     plugins: Vec<PluginProgress>,
     state_ops: Vec<StateOperatorProgress>,
     event_time: EventTimeStats,
+    latency: Option<LatencyProgress>,
+}
+
+/// What the steps made of one batch (or one chunk of a continuous epoch).
+struct Ran {
+    output: Partitioned,
+    partitions: u32,
+    plugins: Vec<PluginProgress>,
+    state_ops: Vec<StateOperatorProgress>,
+    event_time: EventTimeStats,
 }
 
 pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationToken) -> Result<()> {
@@ -241,8 +253,19 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
     result.and(flushed)
 }
 
+/// Resolves when the source signals new data (never, for a source that cannot).
+async fn wake(waker: &Option<Arc<tokio::sync::Notify>>) {
+    match waker {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The trigger loop, until the query stops or fails.
 async fn drive(r: &mut Runner, cancel: &CancellationToken) -> Result<()> {
+    if let Trigger::Continuous(interval) = r.q.trigger {
+        return continuous::drive(r, cancel, interval).await;
+    }
     loop {
         if cancel.is_cancelled() {
             return Ok(());
@@ -262,9 +285,11 @@ async fn drive(r: &mut Runner, cancel: &CancellationToken) -> Result<()> {
                 return Ok(());
             }
             r.shared.set_status("Waiting for data to arrive", false, false);
+            let waker = r.q.source.waker();
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(r.q.trigger.idle_poll()) => {}
+                _ = tokio::time::sleep(r.q.trigger.idle_poll(waker.is_some())) => {}
+                _ = wake(&waker) => {}
                 Some(swap) = r.q.reload_rx.recv() => r.apply(swap).await?,
             }
             continue;
@@ -421,6 +446,14 @@ impl Runner {
             }
             _ => 0,
         };
+        let started = b.started;
+        self.finish_batch(b, executed, next_watermark).await?;
+        Ok(started)
+    }
+
+    /// Step 6 and progress: `commits/N`, the source may forget the batch's data, progress is
+    /// published, and the next batch id is ready.
+    async fn finish_batch(&mut self, mut b: Batch, executed: Executed, next_watermark: i64) -> Result<()> {
         let t = Instant::now();
         if let Some(c) = &self.ckpt {
             c.write_commit(self.batch_id, &CommitEntry { next_batch_watermark_ms: next_watermark }).await?;
@@ -439,7 +472,7 @@ impl Runner {
         for (at, prepared) in std::mem::take(&mut self.restore_after) {
             self.swap_in(at, prepared).await?;
         }
-        Ok(b.started)
+        Ok(())
     }
 
     /// The plugins the batch runs with, by step.
@@ -491,32 +524,76 @@ impl Runner {
         self.q.source.begin_batch(self.batch_id, b.timestamp_ms);
         let data =
             if b.no_data { Vec::new() } else { self.q.source.get_batch(self.committed.as_ref(), &b.end).await? };
+        let times = self.q.source.take_source_times();
         b.durations.insert("getBatch".to_string(), t.elapsed().as_millis() as u64);
         let input_rows = rows(&data);
-        let parts = num_partitions(&data);
 
         let t = Instant::now();
+        let watermark = match (b.late_events_ms, b.watermark_ms) {
+            (Some(late_events_ms), Some(eviction_ms)) => Some(BatchWatermark { late_events_ms, eviction_ms }),
+            _ => None,
+        };
+        let ran = self.run_steps(b.timestamp_ms, b.watermark_ms, watermark, b.rerun, data).await?;
+        let output_rows = rows(&ran.output);
+        let meta = self.meta(b.timestamp_ms, b.watermark_ms, b.rerun, ran.partitions);
+        self.q.sink.write_batch(&meta, ran.output).await?;
+        let mut latency = Latencies::default();
+        latency.deliver(&times, progress::now_ms_f64());
+        let mut plugins = ran.plugins;
+        plugins.extend(self.q.sink.plugin_progress());
+        b.durations.insert("addBatch".to_string(), t.elapsed().as_millis() as u64);
+        Ok(Executed {
+            input_rows,
+            output_rows,
+            plugins,
+            state_ops: ran.state_ops,
+            event_time: ran.event_time,
+            latency: latency.take(),
+        })
+    }
+
+    /// What the sink is told about the batch (or epoch) `self.batch_id`.
+    fn meta(&self, timestamp_ms: i64, watermark_ms: Option<i64>, rerun: bool, num_partitions: u32) -> BatchMeta {
+        BatchMeta {
+            query_id: self.query_id.clone(),
+            batch_id: self.batch_id,
+            timestamp_ms,
+            watermark_ms,
+            rerun,
+            attempt: 0,
+            num_partitions,
+            mode: self.q.mode,
+            schema: self.q.output_schema.clone(),
+        }
+    }
+
+    /// Step 4 without the reading: runs the steps over `data` (the source's partitions).
+    async fn run_steps(
+        &mut self,
+        timestamp_ms: i64,
+        watermark_ms: Option<i64>,
+        watermark: Option<BatchWatermark>,
+        rerun: bool,
+        data: Partitioned,
+    ) -> Result<Ran> {
+        let parts = num_partitions(&data);
         let base = CallContext {
             query_id: self.query_id.clone(),
             batch_id: self.batch_id,
             attempt: 0,
             partition: 0,
             num_partitions: parts,
-            watermark_ms: b.watermark_ms,
-            batch_timestamp_ms: b.timestamp_ms,
+            watermark_ms,
+            batch_timestamp_ms: timestamp_ms,
         };
         let mut event_time = EventTimeStats::default();
-        let watermark = match (b.late_events_ms, b.watermark_ms) {
-            (Some(late_events_ms), Some(eviction_ms)) => Some(BatchWatermark { late_events_ms, eviction_ms }),
-            _ => None,
-        };
         let mut plugins = self.q.source.plugin_progress();
         let mut state_ops = Vec::new();
         let mut current = data;
         for step in &mut self.q.steps {
             current = match step {
                 Step::Plugin(p) => {
-                    let (out, progress) = p.process(&base, current, b.rerun).await?;
+                    let (out, progress) = p.process(&base, current, rerun).await?;
                     plugins.push(progress);
                     out
                 }
@@ -531,7 +608,7 @@ impl Runner {
                 }
                 Step::Sql(s) => {
                     let input = current.into_iter().map(|(_, b)| b).collect();
-                    let out = s.process(self.batch_id, b.timestamp_ms, watermark, input, self.q.mode).await?;
+                    let out = s.process(self.batch_id, timestamp_ms, watermark, input, self.q.mode).await?;
                     if let Some(m) = s.state_metrics() {
                         state_ops.push(state_progress("stateStoreSave", &m));
                     }
@@ -539,22 +616,7 @@ impl Runner {
                 }
             };
         }
-        let output_rows = rows(&current);
-        let meta = BatchMeta {
-            query_id: self.query_id.clone(),
-            batch_id: self.batch_id,
-            timestamp_ms: b.timestamp_ms,
-            watermark_ms: b.watermark_ms,
-            rerun: b.rerun,
-            attempt: 0,
-            num_partitions: parts,
-            mode: self.q.mode,
-            schema: self.q.output_schema.clone(),
-        };
-        self.q.sink.write_batch(&meta, current).await?;
-        plugins.extend(self.q.sink.plugin_progress());
-        b.durations.insert("addBatch".to_string(), t.elapsed().as_millis() as u64);
-        Ok(Executed { input_rows, output_rows, plugins, state_ops, event_time })
+        Ok(Ran { output: current, partitions: parts, plugins, state_ops, event_time })
     }
 
     /// Publishes the batch's progress (Spark's `StreamingQueryProgress`).
@@ -594,6 +656,7 @@ impl Runner {
             sources: vec![source],
             sink: SinkProgress { description: self.q.sink.description(), num_output_rows: e.output_rows as i64 },
             plugins: e.plugins,
+            latency_ms: e.latency,
             events: self.shared.take_events(),
         };
         tracing::debug!(batch_id = self.batch_id, rows = e.input_rows, ms = total, "batch committed");

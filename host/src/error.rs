@@ -97,7 +97,7 @@ pub enum Error {
     },
 
     /// A SQL query uses something a stream cannot do.
-    #[error("SQL step {step}: {message}")]
+    #[error("[[transform]] {step}: {message}")]
     Unsupported { step: usize, message: String },
 
     /// A plugin could not be loaded or compiled.

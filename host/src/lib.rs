@@ -74,7 +74,8 @@ pub use options::{Options, parse_duration};
 pub use plugin::inspect::PluginReport;
 pub use plugin::{DEFAULT_MEMORY_BUDGET, Requirement, Role, RuntimeConfig, default_cache_dir};
 pub use progress::{
-    PluginProgress, SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress, StreamingQueryStatus,
+    LatencyProgress, PluginProgress, SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress,
+    StreamingQueryStatus,
 };
 pub use schema::parse_ddl;
 pub use session::{DataStreamReader, DataStreamWriter, Session, StreamingDataFrame, Validated};

@@ -105,8 +105,11 @@ enum Command {
         #[command(subcommand)]
         command: CheckpointCommand,
     },
-    /// Run the word-count benchmark and print the figures.
+    /// Run the word-count benchmark and print the figures; `sluice bench latency --kafka HOST:PORT`
+    /// measures end-to-end latency of `sluice run` processes from outside.
     Bench {
+        /// A section run on its own: `latency` (end-to-end latency from outside; needs --kafka).
+        section: Option<String>,
         /// Lines of generated input (over 20 files).
         #[arg(long, default_value_t = 2_000_000)]
         lines: usize,
@@ -116,7 +119,8 @@ enum Command {
         /// Work directory for generated data.
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
-        /// Run the Kafka benchmark instead, against this broker (e.g. 127.0.0.1:9092).
+        /// Run the Kafka benchmark instead, against this broker (e.g. 127.0.0.1:9092); with
+        /// `latency`, the broker its cases write to and read from.
         #[arg(long)]
         kafka: Option<String>,
         /// Records for the Kafka benchmark.
@@ -135,6 +139,24 @@ enum Command {
         /// Internal: the `--state-child` run keeps a checkpoint.
         #[arg(long, hide = true)]
         state_checkpoint: bool,
+        /// `latency`: sources, of kafka, socket, rate (comma-separated or repeated; default: all).
+        #[arg(long, value_delimiter = ',')]
+        sources: Vec<String>,
+        /// `latency`: input rates in records/s, e.g. 1000,10k (default: 1000,10000,100000).
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<String>,
+        /// `latency`: measured seconds per case (the first is not in the percentiles).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// `latency`: triggers, of default, continuous (default: both).
+        #[arg(long, value_delimiter = ',')]
+        triggers: Vec<String>,
+        /// `latency`: Kafka sink guarantees, of at-least-once, exactly-once (default: both).
+        #[arg(long, value_delimiter = ',')]
+        guarantees: Vec<String>,
+        /// `latency`: the continuous trigger's epoch interval.
+        #[arg(long, default_value = "100ms")]
+        continuous_interval: String,
     },
 }
 
@@ -460,6 +482,40 @@ async fn run(command: Command) -> sluice::Result<()> {
             println!("{} keys", t.num_rows());
             Ok(())
         }
+        Command::Bench {
+            section: Some(section),
+            kafka,
+            plugins,
+            dir,
+            sources,
+            rates,
+            seconds,
+            triggers,
+            guarantees,
+            continuous_interval,
+            ..
+        } => match section.as_str() {
+            "latency" => {
+                let args = sluice::bench::latency::LatencyArgs {
+                    kafka,
+                    sources,
+                    rates,
+                    seconds,
+                    triggers,
+                    guarantees,
+                    continuous_interval,
+                    plugins,
+                    dir,
+                };
+                sluice::bench::latency::run(&args).await
+            }
+            other => Err(sluice::Error::Config {
+                location: None,
+                message: format!(
+                    "unknown bench section {other:?}: `sluice bench latency` runs on its own; the other sections are chosen with --only"
+                ),
+            }),
+        },
         Command::Bench { kafka: Some(bootstrap), records, plugins, dir, .. } => {
             sluice::kafka::bench::run(&bootstrap, records, &plugins, &dir).await
         }

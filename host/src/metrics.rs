@@ -54,6 +54,13 @@ struct PhaseLabels {
     phase: String,
 }
 
+/// Labels of a query's end-to-end latency percentiles.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuantileLabels {
+    query: String,
+    quantile: String,
+}
+
 /// Labels of a plugin's series: the query it runs in, its name and its role.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginLabels {
@@ -195,6 +202,7 @@ struct QueryMetrics {
     input_rate: Family<QueryLabels, FloatGauge>,
     processing_rate: Family<QueryLabels, FloatGauge>,
     latency: Family<QueryLabels, FloatGauge>,
+    end_to_end: Family<QuantileLabels, FloatGauge>,
     watermark: Family<QueryLabels, FloatGauge>,
     state_rows: Family<QueryLabels, UintGauge>,
     state_used_bytes: Family<QueryLabels, UintGauge>,
@@ -242,6 +250,12 @@ impl QueryMetrics {
                 r,
                 "sluice_query_latency",
                 "Wall time of the last batch, triggerExecution (Spark's latency)",
+                seconds(),
+            ),
+            end_to_end: family(
+                r,
+                "sluice_query_end_to_end_latency",
+                "End-to-end latency of the last batch's (or epoch's) rows, from source time to the sink, by quantile (1 = max)",
                 seconds(),
             ),
             watermark: family(
@@ -316,6 +330,12 @@ impl QueryMetrics {
         let trigger_ms = p.duration_ms.get("triggerExecution").copied().unwrap_or(p.batch_duration);
         self.latency.get_or_create(l).set(ms_to_secs(trigger_ms));
         self.batch_duration.get_or_create(l).observe(ms_to_secs(trigger_ms));
+        if let Some(e) = &p.latency_ms {
+            for (q, ms) in [("0.5", e.p50), ("0.95", e.p95), ("0.99", e.p99), ("1", e.max)] {
+                let labels = QuantileLabels { query: l.query.clone(), quantile: q.to_string() };
+                self.end_to_end.get_or_create(&labels).set(ms / 1000.0);
+            }
+        }
         if let Some(secs) = p.event_time.get("watermark").and_then(|w| watermark_secs(w.as_str())) {
             self.watermark.get_or_create(l).set(secs);
         }
@@ -529,6 +549,7 @@ mod tests {
             sources: vec![],
             sink: SinkProgress { description: "ConsoleSink".to_string(), num_output_rows: rows as i64 },
             plugins: vec![plugin],
+            latency_ms: None,
             events: vec![],
         }
     }

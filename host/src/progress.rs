@@ -44,6 +44,10 @@ pub struct StreamingQueryProgress {
     pub sink: SinkProgress,
     /// Per plugin (a Sluice extension).
     pub plugins: Vec<PluginProgress>,
+    /// End-to-end latency of the batch's input rows (a Sluice extension), when the source
+    /// gives source times.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<LatencyProgress>,
     /// What happened to the query since the previous report (plugin reloads and their
     /// failures, changes that need a restart): a Sluice extension.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -165,6 +169,107 @@ impl PluginProgress {
             version: String::new(),
         }
     }
+
+    /// Adds another call's figures of the same plugin (continuous epochs run it per chunk).
+    pub(crate) fn absorb(&mut self, o: PluginProgress) {
+        self.time_ms += o.time_ms;
+        self.busy_ms += o.busy_ms;
+        self.calls += o.calls;
+        self.input_rows += o.input_rows;
+        self.output_rows += o.output_rows;
+        self.memory_peak_bytes = self.memory_peak_bytes.max(o.memory_peak_bytes);
+        self.fuel = match (self.fuel, o.fuel) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        self.retries += o.retries;
+        self.dead_lettered_rows += o.dead_lettered_rows;
+        if !o.version.is_empty() {
+            self.version = o.version;
+        }
+    }
+}
+
+/// Merges per-chunk plugin figures into one entry per plugin and role, in first-seen order.
+pub(crate) fn merge_plugins(into: &mut Vec<PluginProgress>, more: Vec<PluginProgress>) {
+    for p in more {
+        match into.iter_mut().find(|q| q.name == p.name && q.role == p.role) {
+            Some(q) => q.absorb(p),
+            None => into.push(p),
+        }
+    }
+}
+
+/// End-to-end latency of a batch's (or a continuous epoch's) input rows, in ms: from each row's
+/// source time (a Kafka record's timestamp, a socket line's arrival, a rate row's due time, a
+/// file's modification time) to when the sink had its output (visible to readers: for a
+/// transactional sink, its commit). A row a step filters out counts too: it is done when its
+/// batch is. Source times have a resolution of 1 ms.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct LatencyProgress {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+    /// Rows measured.
+    pub num_rows: u64,
+}
+
+/// Collects the latencies of rows as they are delivered, for one batch or epoch.
+#[derive(Debug, Default)]
+pub(crate) struct Latencies {
+    /// (latency ms, rows).
+    samples: Vec<(f64, u64)>,
+}
+
+impl Latencies {
+    /// Rows with these source times were delivered at `at_ms` (ms since the epoch).
+    pub(crate) fn deliver(&mut self, times: &[(i64, u64)], at_ms: f64) {
+        self.samples.extend(times.iter().filter(|(_, n)| *n > 0).map(|(t, n)| ((at_ms - *t as f64).max(0.0), *n)));
+    }
+
+    /// The percentiles of what was delivered, clearing it; `None` if nothing was.
+    pub(crate) fn take(&mut self) -> Option<LatencyProgress> {
+        let mut s = std::mem::take(&mut self.samples);
+        let total: u64 = s.iter().map(|(_, n)| n).sum();
+        if total == 0 {
+            return None;
+        }
+        s.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let at = |q: f64| {
+            let rank = ((q * total as f64).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (l, n) in &s {
+                seen += n;
+                if seen >= rank {
+                    return round3(*l);
+                }
+            }
+            s.last().map(|(l, _)| round3(*l)).unwrap_or(0.0)
+        };
+        Some(LatencyProgress {
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: s.last().map(|(l, _)| round3(*l)).unwrap_or(0.0),
+            num_rows: total,
+        })
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Now, in ms since the epoch, with sub-millisecond precision.
+pub(crate) fn now_ms_f64() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
 }
 
 /// Spark's `StreamingQueryStatus`.
@@ -195,5 +300,20 @@ impl std::fmt::Display for StreamingQueryProgress {
             Ok(s) => f.write_str(&s),
             Err(_) => Err(std::fmt::Error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_percentiles_weigh_rows() {
+        let mut l = Latencies::default();
+        // 98 rows 10 ms old, 1 row 50 ms old, 1 row 200 ms old, delivered at t = 1000.
+        l.deliver(&[(990, 98), (950, 1), (800, 1), (900, 0)], 1000.0);
+        let p = l.take().expect("rows were delivered");
+        assert_eq!((p.p50, p.p95, p.p99, p.max, p.num_rows), (10.0, 10.0, 50.0, 200.0, 100));
+        assert!(l.take().is_none(), "take clears");
     }
 }

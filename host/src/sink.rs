@@ -89,6 +89,21 @@ pub(crate) trait Sink: Send {
         let rows = data.into_iter().map(|(_, b)| b).collect();
         self.add_batch(meta.batch_id, &meta.schema, rows, meta.mode).await
     }
+    /// Continuous trigger: whether the sink takes an epoch's rows in chunks as they come
+    /// ([`Sink::write_chunk`] … [`Sink::commit_epoch`]); otherwise the engine holds the epoch's
+    /// output and calls [`Sink::write_batch`] once at its end.
+    fn streams_chunks(&self) -> bool {
+        false
+    }
+    /// Writes a chunk of epoch `meta.batch_id`; returns whether its rows are visible to readers
+    /// now (else once [`Sink::commit_epoch`] returns).
+    async fn write_chunk(&mut self, _meta: &BatchMeta, _data: Partitioned) -> Result<bool> {
+        Err(Error::Internal(format!("{} does not stream chunks", self.description())))
+    }
+    /// Ends epoch `meta.batch_id`: once this returns, every chunk of it is durable and visible.
+    async fn commit_epoch(&mut self, _meta: &BatchMeta) -> Result<()> {
+        Ok(())
+    }
     /// Figures of the plugin behind the sink since the last call, if it is one.
     fn plugin_progress(&mut self) -> Vec<PluginProgress> {
         Vec::new()

@@ -62,6 +62,19 @@ pub(crate) enum ReadLimit {
 /// One input batch: record batches, each tagged with the input partition it came from.
 pub(crate) type Partitioned = Vec<(u32, RecordBatch)>;
 
+/// Source times of rows, as runs of `(time in ms since the epoch, rows)`: when each row entered
+/// the system (a Kafka record's timestamp, a socket line's arrival, a rate row's due time, a
+/// file's modification time). End-to-end latency is measured from them.
+pub(crate) type SourceTimes = Vec<(i64, u64)>;
+
+/// Appends `rows` rows of source time `ms` to `times`, merging with the last run when equal.
+pub(crate) fn push_time(times: &mut SourceTimes, ms: i64, rows: u64) {
+    match times.last_mut() {
+        Some((t, n)) if *t == ms => *n += rows,
+        _ => times.push((ms, rows)),
+    }
+}
+
 /// A streaming source.
 #[async_trait::async_trait]
 pub(crate) trait Source: Send {
@@ -111,6 +124,16 @@ pub(crate) trait Source: Send {
     /// Source metrics for progress (`sources[].metrics`), e.g. Kafka's lag behind the latest offsets.
     fn metrics(&self, _end: &Offset) -> BTreeMap<String, String> {
         BTreeMap::new()
+    }
+    /// Woken when new data may have arrived, so the loop waits on it instead of polling;
+    /// `None`: the loop polls (every 10 ms).
+    fn waker(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+    /// The source times of the rows the last `get_batch` returned (see [`SourceTimes`]), taken
+    /// once; empty when the source has none.
+    fn take_source_times(&mut self) -> SourceTimes {
+        Vec::new()
     }
     /// Figures of the plugin behind the source since the last call, if it is one.
     fn plugin_progress(&mut self) -> Vec<PluginProgress> {

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The shortest epoch interval of the continuous trigger.
+pub(crate) const MIN_EPOCH: Duration = Duration::from_millis(10);
+
 /// When micro-batches run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -15,6 +18,9 @@ pub enum Trigger {
     AvailableNow,
     /// Process everything available at start in one batch, then stop (deprecated in Spark).
     Once,
+    /// Continuous processing: rows flow through a stateless query as soon as they arrive, in
+    /// small chunks; an epoch (offsets, sink commit) is checkpointed every interval.
+    Continuous(Duration),
 }
 
 impl Trigger {
@@ -23,10 +29,13 @@ impl Trigger {
         matches!(self, Trigger::AvailableNow | Trigger::Once)
     }
 
-    /// How long to wait between polls for new data when idle.
-    pub(crate) fn idle_poll(&self) -> Duration {
+    /// How long to wait between polls for new data when idle. A source that wakes the loop
+    /// when data arrives is still polled, rarely, for what it cannot signal (new partitions,
+    /// a failed connection).
+    pub(crate) fn idle_poll(&self, source_wakes: bool) -> Duration {
         match self {
             Trigger::ProcessingTime(d) if !d.is_zero() => *d,
+            _ if source_wakes => Duration::from_millis(100),
             _ => Duration::from_millis(10),
         }
     }
@@ -39,6 +48,7 @@ impl std::fmt::Display for Trigger {
             Trigger::ProcessingTime(d) => write!(f, "processing_time={}ms", d.as_millis()),
             Trigger::AvailableNow => f.write_str("available_now"),
             Trigger::Once => f.write_str("once"),
+            Trigger::Continuous(d) => write!(f, "continuous={}ms", d.as_millis()),
         }
     }
 }

@@ -8,6 +8,7 @@ use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
 
 mod checkpoints;
 mod config_errors;
+mod continuous;
 mod devkit;
 mod event_time;
 mod hostile;

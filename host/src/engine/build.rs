@@ -154,6 +154,9 @@ impl Query {
                 }
             }
         }
+        if let crate::trigger::Trigger::Continuous(interval) = spec.trigger {
+            check_continuous(&steps, interval)?;
+        }
         check_output_mode(stateful, watermark.as_ref().map(|(c, _)| c.as_str()), mode)?;
         let sink = crate::sink::build(&spec.sink, &sink_cx).await?;
         sink.check_schema(&schema)?;
@@ -254,6 +257,33 @@ fn check_output_mode(stateful: Option<(usize, bool)>, watermark: Option<&str>, m
         }),
         _ => Ok(()),
     }
+}
+
+/// The continuous trigger runs stateless queries only, as Spark's continuous processing does:
+/// rows flow through as they arrive, and no state is kept between epochs.
+fn check_continuous(steps: &[Step], interval: std::time::Duration) -> Result<()> {
+    if interval < crate::trigger::MIN_EPOCH {
+        return Err(Error::config(format!(
+            "the continuous trigger's epoch (checkpoint) interval must be at least {} ms, not {} ms; rows flow as they arrive whatever it is",
+            crate::trigger::MIN_EPOCH.as_millis(),
+            interval.as_millis()
+        )));
+    }
+    for (i, step) in steps.iter().enumerate() {
+        let what = match step {
+            Step::Sql(s) if s.is_stateful() => "an aggregation",
+            Step::Dedup(_) => "drop_duplicates",
+            Step::Watermark(_) => "a watermark",
+            _ => continue,
+        };
+        return Err(Error::Unsupported {
+            step: i,
+            message: format!(
+                "the continuous trigger runs stateless queries only (projections, filters, plugin transforms), and step {i} is {what}, which keeps state across batches; use the default trigger or processing_time for it"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The end-to-end delivery guarantee of a query, as `sluice validate` states it.

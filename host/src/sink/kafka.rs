@@ -63,6 +63,8 @@ struct Transactional {
     rerun: Option<u64>,
     /// Whether the first non-empty batch of this run was checked against the marker.
     checked: bool,
+    /// Continuous trigger: the epoch whose transaction is open, and its marker's topic.
+    open: Option<(u64, String)>,
 }
 
 pub(crate) struct KafkaSink {
@@ -147,7 +149,9 @@ impl KafkaSink {
         let topic = options.get("topic").map(str::to_string);
         let defaults = [
             ("enable.idempotence", "true"),
-            ("linger.ms", "5"),
+            // Records go out at once: a batch (or a continuous chunk) is waited for as a whole
+            // anyway, and records produced while a request is in flight still share the next one.
+            ("linger.ms", "0"),
             // A batch that cannot be delivered fails after this long instead of hanging.
             ("message.timeout.ms", "60000"),
         ];
@@ -198,6 +202,35 @@ fn produce_all(
     data: &[RecordBatch],
     timeout: Duration,
 ) -> std::result::Result<u64, String> {
+    let n = produce(producer, topic, data)?;
+    await_acks(producer, timeout)?;
+    Ok(n)
+}
+
+/// Waits until every record produced so far is acknowledged; the first delivery failure is an error.
+fn await_acks(producer: &Prod, timeout: Duration) -> std::result::Result<(), String> {
+    // Not `Producer::flush`: rust-rdkafka's flush polls in steps of 100 ms that run to their
+    // end, so every batch would wait 100 ms for acknowledgements that take one.
+    let deadline = std::time::Instant::now() + timeout;
+    producer.poll(Duration::ZERO);
+    while producer.in_flight_count() > 0 {
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{} records not acknowledged within {} ms",
+                producer.in_flight_count(),
+                timeout.as_millis()
+            ));
+        }
+        producer.poll(Duration::from_micros(200));
+    }
+    if let Some(f) = producer.context().failed.lock().map_err(|_| "delivery state poisoned".to_string())?.take() {
+        return Err(f);
+    }
+    Ok(())
+}
+
+/// Hands every row of `data` to the producer, which sends within `linger.ms` (at once on a flush).
+fn produce(producer: &Prod, topic: Option<&str>, data: &[RecordBatch]) -> std::result::Result<u64, String> {
     let mut n = 0u64;
     for batch in data {
         let cols = Columns::of(batch).map_err(|e| e.to_string())?;
@@ -259,11 +292,80 @@ fn produce_all(
         }
         producer.poll(Duration::ZERO);
     }
-    producer.flush(timeout).map_err(|e| format!("records not acknowledged within {} ms: {e}", timeout.as_millis()))?;
-    if let Some(f) = producer.context().failed.lock().map_err(|_| "delivery state poisoned".to_string())?.take() {
-        return Err(f);
-    }
     Ok(n)
+}
+
+/// Before the first transaction of a run: whether batch `batch_id` is already committed in
+/// Kafka (only possible for the batch a restart re-runs, `rerun`), read from the marker group.
+fn marker_says_committed(
+    consumer: &BaseConsumer,
+    group: &str,
+    anchor: &str,
+    batch_id: u64,
+    rerun: bool,
+    timeout: Duration,
+) -> std::result::Result<bool, String> {
+    let mut q = TopicPartitionList::new();
+    q.add_partition(anchor, 0);
+    let committed = consumer
+        .committed_offsets(q, timeout)
+        .map_err(|e| format!("reading the exactly-once marker of group {group}: {e}"))?;
+    if let Some(KOffset::Offset(o)) = committed.elements().first().map(|e| e.offset()) {
+        let next = batch_id as i64 + 1;
+        if rerun && o == next {
+            tracing::info!(
+                sink = C,
+                batch_id,
+                "batch already committed in a Kafka transaction before a restart; skipping it"
+            );
+            return Ok(true);
+        }
+        if o >= next {
+            return Err(format!(
+                "the exactly-once marker of group {group} on {anchor}-0 says batch {} was committed, but this checkpoint is at batch {batch_id}: the transactional id is shared with another query or an older checkpoint; use a new kafka.transactional.id (or none: the default is unique per query)",
+                o - 1
+            ));
+        }
+    }
+    Ok(false)
+}
+
+/// Ends the open transaction of batch (or epoch) `batch_id`: its marker, then the commit.
+fn commit_txn(
+    producer: &Prod,
+    consumer: &BaseConsumer,
+    anchor: &str,
+    batch_id: u64,
+    pause: Option<Duration>,
+    timeout: Duration,
+) -> std::result::Result<(), String> {
+    let mut marker = TopicPartitionList::new();
+    marker.add_partition_offset(anchor, 0, KOffset::Offset(batch_id as i64 + 1)).map_err(|e| e.to_string())?;
+    let cgm = consumer.group_metadata().ok_or("no consumer group metadata")?;
+    producer
+        .send_offsets_to_transaction(&marker, &cgm, timeout)
+        .map_err(|e| txn_error("recording the batch marker", &e))?;
+    if let Some(d) = pause {
+        std::thread::sleep(d);
+    }
+    // A retriable commit error (a timeout, a coordinator move) is retried as is; librdkafka
+    // keeps the transaction.
+    let mut attempts = 0;
+    loop {
+        match producer.commit_transaction(timeout) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 3 => attempts += 1,
+            Err(e) => return Err(txn_error("commit transaction", &e)),
+        }
+    }
+}
+
+/// Aborts the open transaction after `e`, returning `e`.
+fn abort_after(producer: &Prod, batch_id: u64, timeout: Duration, e: String) -> String {
+    if let Err(abort) = producer.abort_transaction(timeout) {
+        tracing::warn!(sink = C, batch_id, error = %abort, "abort transaction failed");
+    }
+    e
 }
 
 /// A transactional call's error, saying so when a newer producer fenced this one.
@@ -404,7 +506,8 @@ impl Sink for KafkaSink {
             })?;
         tracing::info!(sink = C, transactional_id = %txn_id, "kafka transactions initialised; older producers with this id are fenced");
         self.producer = Some(producer);
-        self.txn = Some(Transactional { group: txn_id, consumer: Arc::new(consumer), rerun, checked: false });
+        self.txn =
+            Some(Transactional { group: txn_id, consumer: Arc::new(consumer), rerun, checked: false, open: None });
         Ok(())
     }
 
@@ -431,62 +534,95 @@ impl Sink for KafkaSink {
         let group = txn.group.clone();
         let pause = self.pause;
         blocking(move || -> std::result::Result<(), String> {
-            let mut marker = TopicPartitionList::new();
-            marker.add_partition_offset(&anchor, 0, KOffset::Offset(batch_id as i64 + 1)).map_err(|e| e.to_string())?;
-            if check {
-                let mut q = TopicPartitionList::new();
-                q.add_partition(&anchor, 0);
-                let committed = consumer
-                    .committed_offsets(q, timeout)
-                    .map_err(|e| format!("reading the exactly-once marker of group {group}: {e}"))?;
-                if let Some(KOffset::Offset(o)) = committed.elements().first().map(|e| e.offset()) {
-                    let next = batch_id as i64 + 1;
-                    if rerun && o == next {
-                        tracing::info!(
-                            sink = C,
-                            batch_id,
-                            "batch already committed in a Kafka transaction before a restart; skipping it"
-                        );
-                        return Ok(());
-                    }
-                    if o >= next {
-                        return Err(format!(
-                            "the exactly-once marker of group {group} on {anchor}-0 says batch {} was committed, but this checkpoint is at batch {batch_id}: the transactional id is shared with another query or an older checkpoint; use a new kafka.transactional.id (or none: the default is unique per query)",
-                            o - 1
-                        ));
-                    }
-                }
+            if check && marker_says_committed(&consumer, &group, &anchor, batch_id, rerun, timeout)? {
+                return Ok(());
             }
             producer.begin_transaction().map_err(|e| txn_error("begin transaction", &e))?;
-            let r = (|| {
-                produce_all(&producer, topic.as_deref(), &data, timeout)?;
-                let cgm = consumer.group_metadata().ok_or("no consumer group metadata")?;
-                producer
-                    .send_offsets_to_transaction(&marker, &cgm, timeout)
-                    .map_err(|e| txn_error("recording the batch marker", &e))?;
-                if let Some(d) = pause {
-                    std::thread::sleep(d);
-                }
-                // A retriable commit error (a timeout, a coordinator move) is retried as is;
-                // librdkafka keeps the transaction.
-                let mut attempts = 0;
-                loop {
-                    match producer.commit_transaction(timeout) {
-                        Ok(()) => return Ok(()),
-                        Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 3 => attempts += 1,
-                        Err(e) => return Err(txn_error("commit transaction", &e)),
-                    }
-                }
-            })();
-            if let Err(e) = r {
-                if let Err(abort) = producer.abort_transaction(timeout) {
-                    tracing::warn!(sink = C, batch_id, error = %abort, "abort transaction failed");
-                }
-                return Err(e);
-            }
-            Ok(())
+            produce_all(&producer, topic.as_deref(), &data, timeout)
+                .and_then(|_| commit_txn(&producer, &consumer, &anchor, batch_id, pause, timeout))
+                .map_err(|e| abort_after(&producer, batch_id, timeout, e))
         })
         .await?
         .map_err(|e| sink_error(format!("batch {batch_id}: {e}")))
+    }
+
+    fn streams_chunks(&self) -> bool {
+        true
+    }
+
+    /// At-least-once: the chunk is produced and acknowledged now. Exactly-once: the epoch's
+    /// transaction begins at its first chunk with rows and takes every chunk until
+    /// `commit_epoch`.
+    async fn write_chunk(&mut self, meta: &super::BatchMeta, data: crate::source::Partitioned) -> Result<bool> {
+        let producer = self.producer.clone().ok_or_else(|| Error::Internal("kafka sink used before start".into()))?;
+        let topic = self.topic.clone();
+        let timeout = self.timeout;
+        let batch_id = meta.batch_id;
+        let data: Vec<RecordBatch> = data.into_iter().map(|(_, b)| b).filter(|b| b.num_rows() > 0).collect();
+        let Some(txn) = &mut self.txn else {
+            if !data.is_empty() {
+                blocking(move || produce_all(&producer, topic.as_deref(), &data, timeout))
+                    .await?
+                    .map_err(|e| sink_error(format!("epoch {batch_id}: {e}")))?;
+            }
+            return Ok(true);
+        };
+        if data.is_empty() {
+            return Ok(txn.open.is_none());
+        }
+        let begin = match &txn.open {
+            Some((open, _)) if *open == batch_id => None,
+            Some((open, _)) => {
+                return Err(Error::Internal(format!("kafka sink: epoch {open} still open at epoch {batch_id}")));
+            }
+            None => Some(
+                anchor_topic(topic.as_deref(), &data)?
+                    .ok_or_else(|| sink_error(format!("epoch {batch_id}: no topic for any row")))?,
+            ),
+        };
+        if let Some(anchor) = &begin {
+            txn.open = Some((batch_id, anchor.clone()));
+        }
+        let consumer = txn.consumer.clone();
+        let check = !txn.checked;
+        txn.checked = true;
+        let group = txn.group.clone();
+        blocking(move || -> std::result::Result<(), String> {
+            if let Some(anchor) = &begin {
+                if check {
+                    marker_says_committed(&consumer, &group, anchor, batch_id, false, timeout)?;
+                }
+                producer.begin_transaction().map_err(|e| txn_error("begin transaction", &e))?;
+            }
+            produce(&producer, topic.as_deref(), &data)
+                .map(|_| ())
+                .map_err(|e| abort_after(&producer, batch_id, timeout, e))
+        })
+        .await?
+        .map_err(|e| {
+            if let Some(t) = &mut self.txn {
+                t.open = None;
+            }
+            sink_error(format!("epoch {batch_id}: {e}"))
+        })?;
+        Ok(false)
+    }
+
+    async fn commit_epoch(&mut self, meta: &super::BatchMeta) -> Result<()> {
+        let Some(txn) = &mut self.txn else { return Ok(()) };
+        let Some((open, anchor)) = txn.open.take() else { return Ok(()) };
+        let batch_id = meta.batch_id;
+        if open != batch_id {
+            return Err(Error::Internal(format!("kafka sink: epoch {open} open at the commit of epoch {batch_id}")));
+        }
+        let producer = self.producer.clone().ok_or_else(|| Error::Internal("kafka sink used before start".into()))?;
+        let consumer = txn.consumer.clone();
+        let (pause, timeout) = (self.pause, self.timeout);
+        blocking(move || {
+            commit_txn(&producer, &consumer, &anchor, batch_id, pause, timeout)
+                .map_err(|e| abort_after(&producer, batch_id, timeout, e))
+        })
+        .await?
+        .map_err(|e| sink_error(format!("epoch {batch_id}: {e}")))
     }
 }

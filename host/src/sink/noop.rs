@@ -16,4 +16,10 @@ impl Sink for NoopSink {
     async fn add_batch(&mut self, _: u64, _: &SchemaRef, _: Vec<RecordBatch>, _: OutputMode) -> Result<()> {
         Ok(())
     }
+    fn streams_chunks(&self) -> bool {
+        true
+    }
+    async fn write_chunk(&mut self, _: &super::BatchMeta, _: crate::source::Partitioned) -> Result<bool> {
+        Ok(true)
+    }
 }

@@ -55,6 +55,8 @@ pub(crate) struct FileSource {
     log: Vec<PathBuf>,
     seen: HashSet<PathBuf>,
     bound: Option<u64>,
+    /// Source times of the last `get_batch`: each file's modification time.
+    times: super::SourceTimes,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -192,6 +194,7 @@ impl FileSource {
             log: Vec::new(),
             seen: HashSet::new(),
             bound: None,
+            times: Vec::new(),
         })
     }
 
@@ -479,11 +482,19 @@ impl Source for FileSource {
             self.err(format!("offsets {from}..{to} are beyond the {} files seen", self.log.len()), ErrorKind::Internal)
         })?;
         let mut out = Vec::with_capacity(files.len());
+        self.times.clear();
         for (i, path) in files.to_vec().iter().enumerate() {
             let bytes = tokio::fs::read(path).await.map_err(io(path))?;
             let batch = self.read_file(path, bytes)?;
+            let modified = tokio::fs::metadata(path).await.and_then(|m| m.modified()).ok();
+            if let Some(ms) = modified.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+                super::push_time(&mut self.times, ms.as_millis() as i64, batch.num_rows() as u64);
+            }
             out.push((i as u32, batch));
         }
         Ok(out)
+    }
+    fn take_source_times(&mut self) -> super::SourceTimes {
+        std::mem::take(&mut self.times)
     }
 }

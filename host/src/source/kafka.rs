@@ -3,29 +3,51 @@
 //!
 //! Offsets are `{"topic": {"0": 42, "1": 17}}`, the next offset to read per partition, exactly
 //! Spark's format; they live in Sluice's checkpoint, never in Kafka, so a batch can be read
-//! again byte for byte after a crash. The consumer is assigned partitions by hand (no group
-//! rebalancing) and reads each batch's exact range `[start, end)`: a partition is finished
-//! when a record at `end - 1` or beyond arrives, or librdkafka reports the end of the partition
-//! (ranges never pass the latest offset, so the end of the partition is at or after `end` even
-//! when transaction markers or compaction leave gaps). Partitions are read one topic at a time,
-//! because librdkafka's end-of-partition event names only the partition number.
+//! again byte for byte after a crash. A batch is the records of each partition's range
+//! `[start, end)` by offset number (transaction markers and compaction leave gaps: that is fine).
+//!
+//! Two readers serve those ranges.
+//!
+//! * **Prefetching** (an unbounded query: no `available_now`, `once` or `endingOffsets`): a
+//!   `Prefetch` thread (`sluice-kafka-prefetch`) with its own consumer, assigned by hand at the
+//!   offsets the query goes on from, polls all the time and keeps each record in a per-partition
+//!   buffer that holds every record with offset in `[base, next)`, then wakes the engine
+//!   (`Source::waker`). `latest_offset` is the buffer's `next` per partition (no ListOffsets;
+//!   topic metadata at most once a second, to find new and deleted partitions, which restart the
+//!   prefetcher), `get_batch` builds the range from the buffer without any broker call, and
+//!   `commit` drops what is below the committed end. The buffer is bounded (records and bytes):
+//!   when full, the prefetcher stops polling until a commit frees space. Data loss (offsets gone
+//!   under `failOnDataLoss`) and fatal consumer errors it meets are reported by the next
+//!   `latest_offset`; with `failOnDataLoss = false` librdkafka skips lost offsets itself.
+//! * **Exact reads** (bounded queries, and any range the buffer does not hold, e.g. a batch
+//!   re-run after a restart): ListOffsets plan the batch, and the source's consumer, assigned by
+//!   hand (no group rebalancing), reads exactly `[start, end)`: a partition is finished when a
+//!   record at `end - 1` or beyond arrives, or librdkafka reports the end of the partition
+//!   (ranges never pass the latest offset, so the end of the partition is at or after `end` even
+//!   when transaction markers or compaction leave gaps). Partitions are read one topic at a time,
+//!   because librdkafka's end-of-partition event names only the partition number.
+//!
+//! Both readers return the same rows for a range, with the same logical partition (slot) per
+//! topic-partition, so a batch read from the buffer and re-run from Kafka after a crash agree.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use arrow_array::builder::{
     BinaryBuilder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder, TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use arrow_schema::{ArrowError, DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message, Timestamp};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Headers, Message, Timestamp};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset as KOffset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset as KOffset, TopicPartitionList};
+use tokio::sync::Notify;
 
-use super::{Offset, Partitioned, ReadLimit, Source};
+use super::{Offset, Partitioned, ReadLimit, Source, SourceTimes, push_time};
 use crate::error::{Error, ErrorKind, Result};
 use crate::kafka::{Retry, blocking, blocking_retry, client_config, create};
 use crate::options::Options;
@@ -37,6 +59,24 @@ pub(crate) type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
 
 /// Rows per Arrow batch handed to the steps.
 const CHUNK_ROWS: usize = 64 * 1024;
+
+/// The prefetcher stops polling while its buffer holds this many records...
+const BUFFER_RECORDS: usize = 256 * 1024;
+/// ... or this many bytes (payloads, headers and per-record overhead).
+const BUFFER_BYTES: usize = 64 << 20;
+/// How long one poll of the prefetcher waits for a record; it bounds how long stopping takes.
+const PREFETCH_POLL: Duration = Duration::from_millis(50);
+/// How long a prefetcher with a full buffer sleeps before it looks again.
+const FULL_PAUSE: Duration = Duration::from_millis(5);
+/// Most records the prefetcher moves into the buffer under one lock.
+const PREFETCH_DRAIN: usize = 1024;
+/// How often the prefetching path reads topic metadata (to find new and deleted partitions).
+const METADATA_EVERY: Duration = Duration::from_secs(1);
+/// A buffered range of at most this many offsets is built on the calling task; a larger one on
+/// the blocking pool.
+const INLINE_OFFSETS: i64 = 4096;
+/// How often the prefetcher repeats a warning about the same consumer error.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 const OPTIONS: &[&str] = &[
     "kafka.*",
@@ -112,6 +152,16 @@ pub(crate) struct KafkaSource {
     latest: Offsets,
     /// When the last batch was planned, for `maxTriggerDelay`.
     last_batch: Instant,
+    /// The consumer's configuration, for the prefetcher's own consumer.
+    config: ClientConfig,
+    /// Woken by the prefetcher when records arrive; shared by every prefetcher of the source.
+    notify: Arc<Notify>,
+    /// The reader of an unbounded query, started by the first `latest_offset`.
+    prefetch: Option<Prefetch>,
+    /// The subscription's partitions and when they were read (prefetching path only).
+    parts_cache: Option<(Instant, Vec<(String, i32)>)>,
+    /// Source times of the rows the last `get_batch` returned.
+    times: SourceTimes,
 }
 
 fn parse_offsets_json(options: &Options, key: &str, text: &str) -> Result<Offsets> {
@@ -347,7 +397,17 @@ impl KafkaSource {
             finished: false,
             latest: Offsets::new(),
             last_batch: Instant::now(),
+            config,
+            notify: Arc::new(Notify::new()),
+            prefetch: None,
+            parts_cache: None,
+            times: SourceTimes::new(),
         })
+    }
+
+    /// Whether rows carry a `headers` column (`includeHeaders`).
+    fn include_headers(&self) -> bool {
+        self.schema.field_with_name("headers").is_ok()
     }
 
     /// Reports data loss as Spark does: an error with `failOnDataLoss` (the default), else a
@@ -404,6 +464,32 @@ impl KafkaSource {
             Ok(out)
         })
         .await
+    }
+
+    /// [`Self::partitions`], read at most once per [`METADATA_EVERY`] (the prefetching path asks
+    /// for the latest offsets every few milliseconds; partitions change rarely).
+    async fn cached_partitions(&mut self) -> Result<Vec<(String, i32)>> {
+        if let Some((at, parts)) = &self.parts_cache
+            && at.elapsed() < METADATA_EVERY
+        {
+            return Ok(parts.clone());
+        }
+        let parts = self.partitions().await?;
+        self.parts_cache = Some((Instant::now(), parts.clone()));
+        Ok(parts)
+    }
+
+    /// Reports what the prefetcher failed on: data loss as [`Self::data_loss`] does, anything
+    /// else as an error.
+    fn report(&self, failure: Failure) -> Result<()> {
+        match failure {
+            Failure::DataLoss(what) => self.data_loss(what),
+            Failure::Fatal(what) => Err(Error::Source {
+                source_name: C.into(),
+                message: format!("{what} (bootstrap servers {})", self.servers),
+                kind: ErrorKind::External,
+            }),
+        }
     }
 
     /// Kafka's ListOffsets for each partition: `which` is -2 (earliest), -1 (latest; the last
@@ -534,7 +620,148 @@ impl KafkaSource {
         Ok(resolved)
     }
 
-    /// Reads `[from, until)` of each partition of one topic.
+    /// The end of the next batch from `from`, given each partition's `latest` offset: data loss
+    /// checks (deleted partitions, offsets that went back), the bound, `minOffsetsPerTrigger` /
+    /// `maxTriggerDelay` (skipped when the prefetch buffer is `full`: more cannot come before a
+    /// batch frees it) and `maxOffsetsPerTrigger`; `None` when there is nothing new.
+    fn plan(&mut self, from: Offsets, latest: Offsets, limit: ReadLimit, full: bool) -> Result<Option<Offset>> {
+        // Partitions that went away.
+        let mut base = Offsets::new();
+        for (t, p, v) in tps(&from) {
+            if get(&latest, t, p).is_none() {
+                self.data_loss(format!("partition {t}-{p} was deleted (it was at offset {v})"))?;
+            } else {
+                set(&mut base, t, p, v);
+            }
+        }
+        // Where each partition could go: its latest offset, within the bound.
+        let mut target = Offsets::new();
+        for (t, p, hi) in tps(&latest) {
+            let f = get(&base, t, p).unwrap_or(0);
+            let mut to = hi;
+            if let Some(b) = &self.bound {
+                to = to.min(get(b, t, p).unwrap_or(f));
+            }
+            if to < f {
+                if hi < f {
+                    self.data_loss(format!("partition {t}-{p}'s latest offset went back from {f} to {hi}"))?;
+                } else {
+                    to = f; // at the bound
+                }
+            }
+            set(&mut target, t, p, to);
+        }
+        self.latest = latest;
+        let total: i64 = tps(&target).map(|(t, p, u)| (u - get(&base, t, p).unwrap_or(0)).max(0)).sum();
+        if limit == ReadLimit::Default {
+            // minOffsetsPerTrigger waits for more data, which a bounded run (available_now,
+            // endingOffsets) must not do: its bound is all the data there will be.
+            if let (Some(min), None) = (self.min_per_trigger, &self.bound)
+                && (total as u64) < min
+                && !full
+                && self.last_batch.elapsed() < self.max_trigger_delay
+                && total > 0
+            {
+                return Ok(None);
+            }
+            if let Some(max) = self.max_per_trigger {
+                target = rate_limit(&base, &target, max);
+            }
+        }
+        let changed = tps(&target).any(|(t, p, u)| u != get(&base, t, p).unwrap_or(0))
+            || tps(&base).count() != tps(&from).count();
+        if !changed {
+            // endingOffsets: finished once every partition has reached its end (it may not
+            // exist yet, or have fewer records so far: then keep waiting).
+            if let (Some(_), Some(b)) = (&self.ending, &self.bound) {
+                self.finished = tps(b).all(|(t, p, end)| get(&base, t, p).unwrap_or(0) >= end);
+            }
+            return Ok(None);
+        }
+        self.last_batch = Instant::now();
+        Ok(Some(to_offset(&target)))
+    }
+
+    /// `latest_offset` of an unbounded query: the prefetch buffer's ends, no ListOffsets.
+    async fn latest_prefetched(&mut self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>> {
+        let parts = self.cached_partitions().await?;
+        let from = match start {
+            Some(o) => offsets_of(o)?,
+            None => self.initial_offsets(&parts).await?,
+        };
+        self.ensure_prefetch(&parts, &from)?;
+        let (latest, failure, full) = match &self.prefetch {
+            Some(p) => {
+                let mut b = p.lock();
+                (b.next_offsets(), b.failure.take(), b.full())
+            }
+            None => (Offsets::new(), None, false),
+        };
+        if let Some(failure) = failure {
+            // Its consumer stopped at the failure; the next call starts a fresh one.
+            self.prefetch = None;
+            self.report(failure)?;
+        }
+        self.plan(from, latest, limit, full)
+    }
+
+    /// Makes sure a prefetcher reads exactly `parts`, with its buffer able to serve ranges that
+    /// start at `from` (a partition missing from `from` starts at 0, as in [`Self::plan`]);
+    /// otherwise (first call, partitions added or deleted, the query went back or jumped ahead)
+    /// starts a new one at `from`.
+    fn ensure_prefetch(&mut self, parts: &[(String, i32)], from: &Offsets) -> Result<()> {
+        if parts.is_empty() {
+            self.prefetch = None;
+            return Ok(());
+        }
+        if let Some(p) = &self.prefetch
+            && p.parts == parts
+            && p.lock().serves(from)
+        {
+            return Ok(());
+        }
+        let mut starts = Offsets::new();
+        for (t, p) in parts {
+            set(&mut starts, t, *p, get(from, t, *p).unwrap_or(0));
+        }
+        tracing::info!(
+            source = C,
+            offsets = %serde_json::to_string(&starts).unwrap_or_default(),
+            restart = self.prefetch.is_some(),
+            "starting the kafka prefetcher"
+        );
+        // The old one stops (its thread ends within a poll) before the new one starts.
+        self.prefetch = None;
+        let p = Prefetch::start(&self.config, &starts, self.include_headers(), self.notify.clone()).map_err(|e| {
+            Error::Source {
+                source_name: C.into(),
+                message: format!("starting the prefetching consumer: {e} (bootstrap servers {})", self.servers),
+                kind: ErrorKind::External,
+            }
+        })?;
+        self.prefetch = Some(p);
+        Ok(())
+    }
+
+    /// `get_batch` from the prefetch buffer, which holds the whole range: no broker call. Small
+    /// ranges are built on the calling task (the latency path), large ones on the blocking pool.
+    async fn read_buffered(&mut self, from: &Offsets, until: &Offsets) -> Result<Partitioned> {
+        let Some(p) = &self.prefetch else {
+            return Err(Error::Internal("kafka source: reading a buffered range without a prefetcher".into()));
+        };
+        let shared = p.shared.clone();
+        let slices = slices(from, until);
+        let schema = self.schema.clone();
+        let offsets: i64 = slices.iter().map(|s| s.until - s.from).sum();
+        let build = move || build_batches(&lock(&shared.buffer), &slices, &schema);
+        let built = if offsets <= INLINE_OFFSETS { build() } else { blocking(build).await? };
+        let (out, times) = built.map_err(|e| Error::Internal(format!("kafka source: building a batch: {e}")))?;
+        self.times = times;
+        Ok(out)
+    }
+
+    /// Reads `[from, until)` of each partition of one topic, adding the rows' source times to
+    /// `times`.
     fn read_topic(
         consumer: &BaseConsumer,
         topic: &str,
@@ -542,6 +769,7 @@ impl KafkaSource {
         schema: &SchemaRef,
         poll_timeout: Duration,
         fail_on_data_loss: bool,
+        times: &mut SourceTimes,
     ) -> std::result::Result<Vec<(u32, RecordBatch)>, String> {
         let include_headers = schema.field_with_name("headers").is_ok();
         let mut tpl = TopicPartitionList::new();
@@ -588,7 +816,7 @@ impl KafkaSource {
                     }
                     last_progress = Instant::now();
                     if off < until {
-                        rows.push(&m, topic);
+                        push_time(times, rows.push(&m, topic), 1);
                         if rows.len() >= CHUNK_ROWS {
                             out.push((slot, rows.finish(schema).map_err(|e| e.to_string())?));
                         }
@@ -662,37 +890,45 @@ impl Rows {
         self.len
     }
 
-    fn push<M: Message>(&mut self, m: &M, topic: &str) {
-        self.key.append_option(m.key());
-        self.value.append_option(m.payload());
-        self.topic.append_value(topic);
-        self.partition.append_value(m.partition());
-        self.offset.append_value(m.offset());
-        let (ts, kind) = match m.timestamp() {
-            Timestamp::CreateTime(t) => (t, 0),
-            Timestamp::LogAppendTime(t) => (t, 1),
-            Timestamp::NotAvailable => (0, -1),
-        };
-        self.timestamp.append_value(ts.saturating_mul(1000));
-        self.timestamp_type.append_value(kind);
+    /// Appends a record read by a consumer; returns its source time in ms (Kafka's timestamp, or
+    /// now when it has none).
+    fn push<M: Message>(&mut self, m: &M, topic: &str) -> i64 {
+        let (ts, kind) = timestamp_of(m.timestamp());
+        self.push_fields(m.key(), m.payload(), topic, m.partition(), m.offset(), (ts, kind));
         if let Some(h) = &mut self.headers {
-            if let Some(hs) = m.headers() {
-                for header in hs.iter() {
-                    let s = h.values();
-                    if let Some(k) = s.field_builder::<StringBuilder>(0) {
-                        k.append_value(header.key);
-                    }
-                    if let Some(v) = s.field_builder::<BinaryBuilder>(1) {
-                        v.append_option(header.value);
-                    }
-                    s.append(true);
-                }
-                h.append(true);
-            } else {
-                h.append(false);
-            }
+            append_headers(h, m.headers().map(|hs| hs.iter().map(|x| (x.key, x.value))));
         }
         self.len += 1;
+        if kind < 0 { now_ms() } else { ts }
+    }
+
+    /// Appends a buffered record of `topic`-`partition`.
+    fn push_record(&mut self, r: &Record, topic: &str, partition: i32) {
+        let ts = if r.kind < 0 { 0 } else { r.ms };
+        self.push_fields(r.key.as_deref(), r.value.as_deref(), topic, partition, r.offset, (ts, r.kind));
+        if let Some(h) = &mut self.headers {
+            append_headers(h, r.headers.as_ref().map(|hs| hs.iter().map(|(k, v)| (k.as_str(), v.as_deref()))));
+        }
+        self.len += 1;
+    }
+
+    /// The columns every record has; `time` is Spark's `timestamp` (ms) and `timestampType`.
+    fn push_fields(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        time: (i64, i32),
+    ) {
+        self.key.append_option(key);
+        self.value.append_option(value);
+        self.topic.append_value(topic);
+        self.partition.append_value(partition);
+        self.offset.append_value(offset);
+        self.timestamp.append_value(time.0.saturating_mul(1000));
+        self.timestamp_type.append_value(time.1);
     }
 
     fn finish(&mut self, schema: &SchemaRef) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
@@ -711,6 +947,43 @@ impl Rows {
         self.len = 0;
         RecordBatch::try_new(schema.clone(), cols)
     }
+}
+
+/// Appends one row's headers as `(key, value)` pairs; `None` (the record has none) is null.
+fn append_headers<'a>(
+    h: &mut ListBuilder<StructBuilder>,
+    headers: Option<impl Iterator<Item = (&'a str, Option<&'a [u8]>)>>,
+) {
+    let Some(headers) = headers else {
+        h.append(false);
+        return;
+    };
+    for (key, value) in headers {
+        let s = h.values();
+        if let Some(k) = s.field_builder::<StringBuilder>(0) {
+            k.append_value(key);
+        }
+        if let Some(v) = s.field_builder::<BinaryBuilder>(1) {
+            v.append_option(value);
+        }
+        s.append(true);
+    }
+    h.append(true);
+}
+
+/// Spark's `timestamp` (ms) and `timestampType` of a Kafka timestamp: 0 = create time, 1 = log
+/// append time, -1 = none (timestamp 0).
+fn timestamp_of(t: Timestamp) -> (i64, i32) {
+    match t {
+        Timestamp::CreateTime(t) => (t, 0),
+        Timestamp::LogAppendTime(t) => (t, 1),
+        Timestamp::NotAvailable => (0, -1),
+    }
+}
+
+/// Milliseconds since the epoch, now.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Spark's `maxOffsetsPerTrigger` split: each partition gets a share of `limit` proportional to
@@ -734,6 +1007,412 @@ fn rate_limit(from: &Offsets, until: &Offsets, limit: u64) -> Offsets {
         set(&mut out, t, p, (f + step).min(u).max(f));
     }
     out
+}
+
+/// One record the prefetcher received, owned.
+#[derive(Debug, Clone, PartialEq)]
+struct Record {
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    /// Kafka's timestamp (ms), or when the prefetcher received the record if it has none: the
+    /// row's source time.
+    ms: i64,
+    /// Spark's `timestampType`; -1: Kafka has no timestamp (the `timestamp` column is then 0).
+    kind: i32,
+    /// `(key, value)` pairs; `None` when the record has none or `includeHeaders` is off.
+    headers: Option<Vec<(String, Option<Vec<u8>>)>>,
+}
+
+impl Record {
+    fn from_message<M: Message>(m: &M, include_headers: bool) -> Self {
+        let (ts, kind) = timestamp_of(m.timestamp());
+        let headers = if include_headers {
+            m.headers().map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+        } else {
+            None
+        };
+        Record {
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            ms: if kind < 0 { now_ms() } else { ts },
+            kind,
+            headers,
+        }
+    }
+
+    /// What the record costs the buffer, in bytes.
+    fn size(&self) -> usize {
+        let len = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
+        let headers: usize = self.headers.iter().flatten().map(|(k, v)| k.len() + len(v) + 48).sum();
+        std::mem::size_of::<Record>() + len(&self.key) + len(&self.value) + headers
+    }
+}
+
+/// Whether a buffer holding every record with offset in `[base, next)` can serve the range
+/// `[from, end)` (an empty range needs nothing).
+fn covers(base: i64, next: i64, from: i64, end: i64) -> bool {
+    from >= end || (base <= from && end <= next)
+}
+
+/// One partition's buffered records: every record with offset in `[base, next)`, by offset.
+#[derive(Debug, Default)]
+struct Part {
+    /// The first offset held: where the prefetcher started, then the last commit.
+    base: i64,
+    /// The last record's offset + 1 (or `base` before any record): the latest offset the
+    /// prefetching path reports.
+    next: i64,
+    records: VecDeque<Record>,
+}
+
+impl Part {
+    fn new(start: i64) -> Self {
+        Part { base: start, next: start, records: VecDeque::new() }
+    }
+
+    /// Appends a record that arrived; returns its size, or `None` when it is not new (below
+    /// `next`: already held, or committed).
+    fn push(&mut self, r: Record) -> Option<usize> {
+        if r.offset < self.next {
+            return None;
+        }
+        self.next = r.offset + 1;
+        let size = r.size();
+        self.records.push_back(r);
+        Some(size)
+    }
+
+    /// Forgets the records below `end` (committed); returns how many records and bytes that
+    /// freed. Records in `[next, end)` that arrive later are not kept either.
+    fn trim(&mut self, end: i64) -> (usize, usize) {
+        self.base = self.base.max(end);
+        self.next = self.next.max(self.base);
+        let (mut records, mut bytes) = (0, 0);
+        while self.records.front().is_some_and(|r| r.offset < self.base) {
+            let Some(r) = self.records.pop_front() else { break };
+            records += 1;
+            bytes += r.size();
+        }
+        (records, bytes)
+    }
+
+    /// The records with offset in `[from, end)`.
+    fn range(&self, from: i64, end: i64) -> impl Iterator<Item = &Record> {
+        let first = self.records.partition_point(|r| r.offset < from);
+        self.records.range(first..).take_while(move |r| r.offset < end)
+    }
+}
+
+/// What stopped the prefetcher, for the next `latest_offset` to report.
+#[derive(Debug, Clone, PartialEq)]
+enum Failure {
+    /// Offsets it was to read are gone (retention, topic recreation): data loss.
+    DataLoss(String),
+    /// The consumer cannot go on.
+    Fatal(String),
+}
+
+/// The prefetcher's records, per topic and partition, shared with the source.
+#[derive(Debug, Default)]
+struct Buffer {
+    parts: BTreeMap<String, BTreeMap<i32, Part>>,
+    /// Records held, all partitions.
+    records: usize,
+    /// Their [`Record::size`]s.
+    bytes: usize,
+    failure: Option<Failure>,
+}
+
+impl Buffer {
+    /// An empty buffer for partitions starting at `starts`.
+    fn new(starts: &Offsets) -> Self {
+        let mut b = Buffer::default();
+        for (t, p, v) in tps(starts) {
+            b.parts.entry(t.to_string()).or_default().insert(p, Part::new(v));
+        }
+        b
+    }
+
+    fn part(&self, topic: &str, partition: i32) -> Option<&Part> {
+        self.parts.get(topic).and_then(|m| m.get(&partition))
+    }
+
+    /// Adds a record of `topic`-`partition`; returns whether it was new.
+    fn append(&mut self, topic: &str, partition: i32, r: Record) -> bool {
+        let Some(part) = self.parts.get_mut(topic).and_then(|m| m.get_mut(&partition)) else { return false };
+        match part.push(r) {
+            Some(size) => {
+                self.records += 1;
+                self.bytes += size;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the prefetcher must wait for a commit before it reads more.
+    fn full(&self) -> bool {
+        self.records >= BUFFER_RECORDS || self.bytes >= BUFFER_BYTES
+    }
+
+    /// Each partition's `next`: the latest offsets of the prefetching path.
+    fn next_offsets(&self) -> Offsets {
+        let mut o = Offsets::new();
+        for (t, parts) in &self.parts {
+            for (p, part) in parts {
+                set(&mut o, t, *p, part.next);
+            }
+        }
+        o
+    }
+
+    /// Whether batches starting at `from` can be served: every partition's start (0 when `from`
+    /// does not have it, a new partition) lies within `[base, next]`.
+    fn serves(&self, from: &Offsets) -> bool {
+        self.parts.iter().all(|(t, parts)| {
+            parts.iter().all(|(p, part)| {
+                let f = get(from, t, *p).unwrap_or(0);
+                part.base <= f && f <= part.next
+            })
+        })
+    }
+
+    /// Whether the buffer holds every record of the batch `from` → `until`.
+    fn covers(&self, from: &Offsets, until: &Offsets) -> bool {
+        slices(from, until)
+            .iter()
+            .all(|s| self.part(&s.topic, s.partition).is_some_and(|p| covers(p.base, p.next, s.from, s.until)))
+    }
+
+    /// Forgets what is below the committed offsets `end`.
+    fn trim(&mut self, end: &Offsets) {
+        for (t, p, v) in tps(end) {
+            if let Some(part) = self.parts.get_mut(t).and_then(|m| m.get_mut(&p)) {
+                let (records, bytes) = part.trim(v);
+                self.records = self.records.saturating_sub(records);
+                self.bytes = self.bytes.saturating_sub(bytes);
+            }
+        }
+    }
+}
+
+/// One partition's share of a batch: offsets `[from, until)`, as logical partition `slot`.
+#[derive(Debug, Clone, PartialEq)]
+struct Slice {
+    topic: String,
+    partition: i32,
+    from: i64,
+    until: i64,
+    slot: u32,
+}
+
+/// The non-empty ranges of the batch `from` → `until` (a partition `from` lacks starts at 0),
+/// numbered as the exact read numbers them (`tps(until)` order), so that both readers put a
+/// partition's rows in the same logical partition.
+fn slices(from: &Offsets, until: &Offsets) -> Vec<Slice> {
+    tps(until)
+        .enumerate()
+        .filter_map(|(slot, (t, p, u))| {
+            let f = get(from, t, p).unwrap_or(0);
+            (f < u).then(|| Slice { topic: t.to_string(), partition: p, from: f, until: u, slot: slot as u32 })
+        })
+        .collect()
+}
+
+/// The Arrow batches (at most [`CHUNK_ROWS`] rows each) of `slices` from the buffer, and the
+/// rows' source times.
+fn build_batches(
+    buf: &Buffer,
+    slices: &[Slice],
+    schema: &SchemaRef,
+) -> std::result::Result<(Partitioned, SourceTimes), ArrowError> {
+    let include_headers = schema.field_with_name("headers").is_ok();
+    let mut out = Vec::new();
+    let mut times = SourceTimes::new();
+    for s in slices {
+        let Some(part) = buf.part(&s.topic, s.partition) else { continue };
+        let mut rows = Rows::new(include_headers);
+        for r in part.range(s.from, s.until) {
+            rows.push_record(r, &s.topic, s.partition);
+            push_time(&mut times, r.ms, 1);
+            if rows.len() >= CHUNK_ROWS {
+                out.push((s.slot, rows.finish(schema)?));
+            }
+        }
+        if rows.len() > 0 {
+            out.push((s.slot, rows.finish(schema)?));
+        }
+    }
+    Ok((out, times))
+}
+
+/// What the source and its prefetch thread share.
+#[derive(Debug, Default)]
+struct Shared {
+    buffer: Mutex<Buffer>,
+    /// Set when the prefetcher is dropped: the thread ends after its current poll.
+    stop: AtomicBool,
+}
+
+/// Locks the buffer; a panic of the other side cannot leave it half-updated in a way that
+/// matters (every update is a push or a trim), so a poisoned lock is used as is.
+fn lock(m: &Mutex<Buffer>) -> MutexGuard<'_, Buffer> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The reader of an unbounded query: a thread with its own consumer, assigned by hand, that
+/// keeps what it polls in a [`Buffer`] and wakes the engine. Dropping it stops the thread
+/// (within one poll; the thread is not waited for, and closes its consumer itself).
+struct Prefetch {
+    shared: Arc<Shared>,
+    /// The partitions it reads, sorted as [`KafkaSource::partitions`] returns them.
+    parts: Vec<(String, i32)>,
+}
+
+impl Prefetch {
+    /// Starts reading each partition of `starts` at its offset.
+    fn start(
+        config: &ClientConfig,
+        starts: &Offsets,
+        include_headers: bool,
+        notify: Arc<Notify>,
+    ) -> std::result::Result<Self, String> {
+        let mut config = config.clone();
+        // Ranges are served from the buffer: the end of a partition means nothing here.
+        config.set("enable.partition.eof", "false");
+        let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, v) in tps(starts) {
+            tpl.add_partition_offset(t, p, KOffset::Offset(v)).map_err(|e| e.to_string())?;
+        }
+        consumer.assign(&tpl).map_err(|e| format!("assigning partitions: {e}"))?;
+        let shared = Arc::new(Shared { buffer: Mutex::new(Buffer::new(starts)), stop: AtomicBool::new(false) });
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("sluice-kafka-prefetch".into())
+            .spawn(move || prefetch_loop(&consumer, &thread_shared, &notify, include_headers))
+            .map_err(|e| format!("starting the prefetch thread: {e}"))?;
+        let parts = tps(starts).map(|(t, p, _)| (t.to_string(), p)).collect();
+        Ok(Prefetch { shared, parts })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Buffer> {
+        lock(&self.shared.buffer)
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The prefetch thread: polls until stopped, moving what arrives into the buffer (up to
+/// [`PREFETCH_DRAIN`] records under one lock) and waking the engine after each poll that added
+/// something. With a full buffer it does not poll (librdkafka's own queue then fills and its
+/// fetching stops) until a commit frees space.
+fn prefetch_loop(consumer: &BaseConsumer, shared: &Shared, notify: &Notify, include_headers: bool) {
+    let mut warnings = Warnings::default();
+    while !shared.stop.load(Ordering::Relaxed) {
+        if lock(&shared.buffer).full() {
+            std::thread::sleep(FULL_PAUSE);
+            continue;
+        }
+        let Some(first) = consumer.poll(PREFETCH_POLL) else { continue };
+        let mut buf = lock(&shared.buffer);
+        let mut woke = handle(&mut buf, first, include_headers, &mut warnings);
+        for _ in 0..PREFETCH_DRAIN {
+            if buf.full() {
+                break;
+            }
+            match consumer.poll(Duration::ZERO) {
+                Some(event) => woke |= handle(&mut buf, event, include_headers, &mut warnings),
+                None => break,
+            }
+        }
+        drop(buf);
+        if woke {
+            notify.notify_one();
+        }
+    }
+    tracing::debug!(source = C, "kafka prefetcher stopped");
+}
+
+/// Takes one poll result into the buffer; returns whether the engine should look (a new
+/// record, or a failure to report).
+fn handle(
+    buf: &mut Buffer,
+    event: KafkaResult<BorrowedMessage<'_>>,
+    include_headers: bool,
+    warnings: &mut Warnings,
+) -> bool {
+    let e = match event {
+        Ok(m) => {
+            let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+            // librdkafka never delivers below its fetch position, unless the log went back (the
+            // topic was recreated or truncated) and it started over from the earliest offset
+            // (failOnDataLoss = false): what is behind is skipped until the log catches up.
+            if let Some(part) = buf.part(topic, partition)
+                && offset < part.next
+            {
+                warnings.warn(format!(
+                    "{topic}-{partition} went back (recreated or truncated): skipping its records below offset {}",
+                    part.next
+                ));
+                return false;
+            }
+            return buf.append(topic, partition, Record::from_message(&m, include_headers));
+        }
+        Err(KafkaError::PartitionEOF(_)) => return false,
+        Err(e) => e,
+    };
+    let lost =
+        matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset));
+    let failure = if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
+        Failure::Fatal(format!("prefetching from kafka: {e}"))
+    } else if lost {
+        // librdkafka does not say which partition: name where each one was.
+        let at: Vec<String> = tps(&buf.next_offsets()).map(|(t, p, v)| format!("{t}-{p} at offset {v}")).collect();
+        Failure::DataLoss(format!(
+            "cannot read on from {}: {e}: the requested offsets are gone (retention or topic recreation)",
+            at.join(", ")
+        ))
+    } else {
+        warnings.warn(format!("kafka consumer error while prefetching (librdkafka retries): {e}"));
+        return false;
+    };
+    if buf.failure.is_none() {
+        buf.failure = Some(failure);
+    }
+    true
+}
+
+/// Throttles the prefetcher's warnings (transient consumer errors, which librdkafka retries,
+/// and skipped records): a broker that is down reports the same error again and again.
+#[derive(Debug, Default)]
+struct Warnings {
+    /// The last warning logged, and when.
+    last: Option<(String, Instant)>,
+    /// How many times it came again since.
+    repeated: u64,
+}
+
+impl Warnings {
+    /// Logs `text`, unless it is the last warning again within [`WARN_EVERY`].
+    fn warn(&mut self, text: String) {
+        if let Some((last, at)) = &self.last
+            && *last == text
+            && at.elapsed() < WARN_EVERY
+        {
+            self.repeated += 1;
+            return;
+        }
+        tracing::warn!(source = C, repeated = self.repeated, "{text}");
+        self.last = Some((text, Instant::now()));
+        self.repeated = 0;
+    }
 }
 
 #[async_trait::async_trait]
@@ -778,6 +1457,8 @@ impl Source for KafkaSource {
     }
 
     async fn prepare_available_now(&mut self) -> Result<()> {
+        // A bounded query reads exact ranges, never from a prefetch buffer.
+        self.prefetch = None;
         let parts = self.partitions().await?;
         let latest = self.list_offsets(parts, &Offsets::new(), -1).await?;
         self.bound = Some(match self.bound.take() {
@@ -794,69 +1475,20 @@ impl Source for KafkaSource {
     }
 
     async fn latest_offset(&mut self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>> {
+        if self.bound.is_none() {
+            return self.latest_prefetched(start, limit).await;
+        }
         let parts = self.partitions().await?;
         let latest = self.list_offsets(parts.clone(), &Offsets::new(), -1).await?;
         let from = match start {
             Some(o) => offsets_of(o)?,
             None => self.initial_offsets(&parts).await?,
         };
-        // Partitions that went away.
-        let mut base = Offsets::new();
-        for (t, p, v) in tps(&from) {
-            if get(&latest, t, p).is_none() {
-                self.data_loss(format!("partition {t}-{p} was deleted (it was at offset {v})"))?;
-            } else {
-                set(&mut base, t, p, v);
-            }
-        }
-        // Where each partition could go: its latest offset, within the bound.
-        let mut target = Offsets::new();
-        for (t, p, hi) in tps(&latest) {
-            let f = get(&base, t, p).unwrap_or(0);
-            let mut to = hi;
-            if let Some(b) = &self.bound {
-                to = to.min(get(b, t, p).unwrap_or(f));
-            }
-            if to < f {
-                if hi < f {
-                    self.data_loss(format!("partition {t}-{p}'s latest offset went back from {f} to {hi}"))?;
-                } else {
-                    to = f; // at the bound
-                }
-            }
-            set(&mut target, t, p, to);
-        }
-        self.latest = latest;
-        let total: i64 = tps(&target).map(|(t, p, u)| (u - get(&base, t, p).unwrap_or(0)).max(0)).sum();
-        if limit == ReadLimit::Default {
-            // minOffsetsPerTrigger waits for more data, which a bounded run (available_now,
-            // endingOffsets) must not do: its bound is all the data there will be.
-            if let (Some(min), None) = (self.min_per_trigger, &self.bound)
-                && (total as u64) < min
-                && self.last_batch.elapsed() < self.max_trigger_delay
-                && total > 0
-            {
-                return Ok(None);
-            }
-            if let Some(max) = self.max_per_trigger {
-                target = rate_limit(&base, &target, max);
-            }
-        }
-        let changed = tps(&target).any(|(t, p, u)| u != get(&base, t, p).unwrap_or(0))
-            || tps(&base).count() != tps(&from).count();
-        if !changed {
-            // endingOffsets: finished once every partition has reached its end (it may not
-            // exist yet, or have fewer records so far: then keep waiting).
-            if let (Some(_), Some(b)) = (&self.ending, &self.bound) {
-                self.finished = tps(b).all(|(t, p, end)| get(&base, t, p).unwrap_or(0) >= end);
-            }
-            return Ok(None);
-        }
-        self.last_batch = Instant::now();
-        Ok(Some(to_offset(&target)))
+        self.plan(from, latest, limit, false)
     }
 
     async fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Partitioned> {
+        self.times.clear();
         let from = match start {
             Some(o) => offsets_of(o)?,
             None => match &self.initial {
@@ -869,6 +1501,11 @@ impl Source for KafkaSource {
             },
         };
         let until = offsets_of(end)?;
+        if self.bound.is_none() && self.prefetch.as_ref().is_some_and(|p| p.lock().covers(&from, &until)) {
+            return self.read_buffered(&from, &until).await;
+        }
+        // Not prefetched (a bounded query, or a range from before the prefetcher started):
+        // read the exact range from Kafka.
         let parts: Vec<(String, i32)> = tps(&until).map(|(t, p, _)| (t.to_string(), p)).collect();
         let earliest = self.list_offsets(parts.clone(), &Offsets::new(), -2).await?;
         let latest = self.list_offsets(parts, &Offsets::new(), -1).await?;
@@ -903,22 +1540,30 @@ impl Source for KafkaSource {
         let poll_timeout = self.poll_timeout;
         let fail = self.fail_on_data_loss;
         let servers = self.servers.clone();
-        blocking(move || {
+        let (out, times) = blocking(move || {
             let mut out = Vec::new();
+            let mut times = SourceTimes::new();
             for (topic, ranges) in &plan {
-                out.extend(Self::read_topic(&consumer, topic, ranges, &schema, poll_timeout, fail)?);
+                out.extend(Self::read_topic(&consumer, topic, ranges, &schema, poll_timeout, fail, &mut times)?);
             }
-            Ok::<_, String>(out)
+            Ok::<_, String>((out, times))
         })
         .await?
         .map_err(|message| Error::Source {
             source_name: C.into(),
             message: format!("{message} (bootstrap servers {servers})"),
             kind: ErrorKind::External,
-        })
+        })?;
+        self.times = times;
+        Ok(out)
     }
 
     async fn commit(&mut self, end: &Offset) -> Result<()> {
+        // The prefetch buffer forgets what the batch consumed: no re-run will ask for it.
+        if let Some(p) = &self.prefetch {
+            let end = offsets_of(end)?;
+            p.lock().trim(&end);
+        }
         if !self.commit_offsets {
             return Ok(());
         }
@@ -956,6 +1601,15 @@ impl Source for KafkaSource {
 
     fn finished(&self) -> bool {
         self.finished
+    }
+
+    fn waker(&self) -> Option<Arc<Notify>> {
+        // Only the prefetcher wakes the loop; a bounded query has no prefetcher.
+        self.bound.is_none().then(|| self.notify.clone())
+    }
+
+    fn take_source_times(&mut self) -> SourceTimes {
+        std::mem::take(&mut self.times)
     }
 
     fn latest_available(&self) -> Option<Offset> {
@@ -998,6 +1652,152 @@ mod tests {
         assert_eq!(get(&r, "t", 1), Some(109));
         assert_eq!(get(&r, "t", 2), Some(1));
         assert_eq!(rate_limit(&from, &until, 1000), until);
+    }
+
+    fn rec(offset: i64) -> Record {
+        Record { offset, key: None, value: Some(vec![1, 2, 3]), ms: 1000 + offset, kind: 0, headers: None }
+    }
+
+    fn offsets(list: &[(&str, i32, i64)]) -> Offsets {
+        let mut o = Offsets::new();
+        for (t, p, v) in list {
+            set(&mut o, t, *p, *v);
+        }
+        o
+    }
+
+    #[test]
+    fn a_buffer_covers_ranges_inside_base_and_next() {
+        assert!(covers(10, 20, 10, 20));
+        assert!(covers(10, 20, 12, 15));
+        assert!(!covers(10, 20, 9, 15), "starts below what is held");
+        assert!(!covers(10, 20, 12, 21), "ends past what arrived");
+        assert!(covers(10, 20, 25, 25), "an empty range needs nothing");
+        assert!(covers(10, 10, 10, 10));
+    }
+
+    #[test]
+    fn a_part_keeps_new_records_in_offset_order_and_trims_on_commit() {
+        let mut p = Part::new(5);
+        assert_eq!((p.base, p.next), (5, 5));
+        assert!(p.push(rec(5)).is_some());
+        assert!(p.push(rec(6)).is_some());
+        // A gap (a transaction marker at 7) is fine: ranges are by offset number.
+        assert!(p.push(rec(8)).is_some());
+        assert_eq!(p.next, 9);
+        assert!(p.push(rec(6)).is_none(), "already held");
+        let got: Vec<i64> = p.range(6, 9).map(|r| r.offset).collect();
+        assert_eq!(got, vec![6, 8]);
+        let got: Vec<i64> = p.range(0, 7).map(|r| r.offset).collect();
+        assert_eq!(got, vec![5, 6]);
+        let (n, bytes) = p.trim(7);
+        assert_eq!((n, bytes), (2, 2 * rec(0).size()));
+        assert_eq!((p.base, p.next, p.records.len()), (7, 9, 1));
+        // An older commit changes nothing.
+        assert_eq!(p.trim(3), (0, 0));
+        assert_eq!(p.base, 7);
+        // A commit past what arrived: the buffer is empty at the commit, later records below it
+        // are not kept.
+        p.trim(12);
+        assert_eq!((p.base, p.next, p.records.len()), (12, 12, 0));
+        assert!(p.push(rec(11)).is_none());
+        assert!(p.push(rec(12)).is_some());
+        assert!(covers(p.base, p.next, 12, 13));
+    }
+
+    #[test]
+    fn the_buffer_tracks_coverage_size_and_starts() {
+        let mut b = Buffer::new(&offsets(&[("t", 0, 0), ("t", 1, 10)]));
+        for o in 0..3 {
+            assert!(b.append("t", 0, rec(o)));
+        }
+        assert!(b.append("t", 1, rec(10)));
+        assert!(!b.append("t", 2, rec(0)), "not assigned");
+        assert!(!b.append("u", 0, rec(0)), "not assigned");
+        assert_eq!(b.records, 4);
+        assert_eq!(b.bytes, 4 * rec(0).size());
+        assert_eq!(b.next_offsets(), offsets(&[("t", 0, 3), ("t", 1, 11)]));
+        assert!(!b.full());
+
+        let from = offsets(&[("t", 0, 1), ("t", 1, 10)]);
+        assert!(b.covers(&from, &offsets(&[("t", 0, 3), ("t", 1, 11)])));
+        assert!(!b.covers(&from, &offsets(&[("t", 0, 4), ("t", 1, 11)])), "offset 3 has not arrived");
+        assert!(!b.covers(&from, &offsets(&[("t", 0, 3), ("t", 1, 11), ("t", 2, 1)])), "t-2 is not prefetched");
+        // A partition without records in the batch needs nothing from the buffer.
+        assert!(b.covers(&offsets(&[("t", 0, 1), ("t", 2, 4)]), &offsets(&[("t", 0, 2), ("t", 2, 4)])));
+        // A partition missing from `from` is new: it starts at 0.
+        assert!(b.covers(&offsets(&[("t", 1, 10)]), &offsets(&[("t", 0, 2), ("t", 1, 10)])));
+
+        assert!(b.serves(&offsets(&[("t", 0, 0), ("t", 1, 11)])));
+        assert!(b.serves(&offsets(&[("t", 1, 10)])), "t-0 starts at 0");
+        assert!(!b.serves(&offsets(&[("t", 0, 4), ("t", 1, 10)])), "past what arrived");
+
+        b.trim(&offsets(&[("t", 0, 2), ("t", 1, 10), ("gone", 0, 5)]));
+        assert_eq!(b.records, 2);
+        assert_eq!(b.bytes, 2 * rec(0).size());
+        assert!(!b.serves(&offsets(&[("t", 0, 1), ("t", 1, 10)])), "below the commit");
+        assert!(!b.covers(&offsets(&[("t", 0, 1)]), &offsets(&[("t", 0, 3)])));
+        assert!(b.covers(&offsets(&[("t", 0, 2)]), &offsets(&[("t", 0, 3)])));
+
+        b.records = BUFFER_RECORDS;
+        assert!(b.full());
+    }
+
+    #[test]
+    fn slices_are_numbered_like_the_exact_read() {
+        let until = offsets(&[("a", 0, 5), ("a", 1, 3), ("b", 0, 2)]);
+        let from = offsets(&[("a", 0, 5), ("a", 1, 0)]);
+        let s = slices(&from, &until);
+        let got: Vec<(&str, i32, i64, i64, u32)> =
+            s.iter().map(|s| (s.topic.as_str(), s.partition, s.from, s.until, s.slot)).collect();
+        // a-0 has nothing new but keeps slot 0; b-0 is new and starts at 0.
+        assert_eq!(got, vec![("a", 1, 0, 3, 1), ("b", 0, 0, 2, 2)]);
+    }
+
+    #[test]
+    fn buffered_records_become_sparks_rows_with_source_times() {
+        use arrow_array::{Array, BinaryArray, Int32Array, Int64Array, ListArray, StringArray};
+        let schema = kafka_schema(true);
+        let mut b = Buffer::new(&offsets(&[("t", 0, 0), ("t", 1, 0)]));
+        let mut first = rec(0);
+        first.key = Some(b"k".to_vec());
+        first.headers = Some(vec![("h".into(), Some(b"v".to_vec())), ("n".into(), None)]);
+        b.append("t", 0, first);
+        b.append("t", 0, rec(1));
+        let mut untimed = rec(2);
+        untimed.kind = -1;
+        untimed.ms = 5000;
+        b.append("t", 0, untimed);
+        b.append("t", 1, rec(0));
+        let from = offsets(&[("t", 0, 0), ("t", 1, 0)]);
+        let until = offsets(&[("t", 0, 3), ("t", 1, 0)]);
+        let (out, times) = build_batches(&b, &slices(&from, &until), &schema).expect("builds");
+        assert_eq!(out.len(), 1);
+        let (slot, batch) = &out[0];
+        assert_eq!(*slot, 0);
+        assert_eq!(batch.num_rows(), 3);
+        let col = |i: usize| batch.column(i).clone();
+        let keys = col(0);
+        let keys = keys.as_any().downcast_ref::<BinaryArray>().expect("key");
+        assert_eq!(keys.value(0), b"k".as_slice());
+        assert!(keys.is_null(1));
+        let topics = col(2);
+        assert_eq!(topics.as_any().downcast_ref::<StringArray>().expect("topic").value(2), "t");
+        let offs = col(4);
+        let offs: Vec<i64> = offs.as_any().downcast_ref::<Int64Array>().expect("offset").values().to_vec();
+        assert_eq!(offs, vec![0, 1, 2]);
+        let kinds = col(6);
+        let kinds: Vec<i32> = kinds.as_any().downcast_ref::<Int32Array>().expect("type").values().to_vec();
+        assert_eq!(kinds, vec![0, 0, -1]);
+        let ts = col(5);
+        let ts = ts.as_any().downcast_ref::<arrow_array::TimestampMicrosecondArray>().expect("timestamp");
+        assert_eq!((ts.value(0), ts.value(2)), (1_000_000, 0), "no Kafka timestamp: 0, as Spark");
+        let headers = col(7);
+        let headers = headers.as_any().downcast_ref::<ListArray>().expect("headers");
+        assert_eq!(headers.value(0).len(), 2);
+        assert!(headers.is_null(1));
+        // Source times: Kafka's timestamp, or when the record arrived.
+        assert_eq!(times, vec![(1000, 1), (1001, 1), (5000, 1)]);
     }
 
     #[test]

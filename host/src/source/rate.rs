@@ -20,6 +20,11 @@ pub(crate) struct RateSource {
     /// For available-now: the row count fixed at start.
     bound: Option<u64>,
     schema: SchemaRef,
+    /// Source times of the last `get_batch`: each row's due time.
+    times: super::SourceTimes,
+    /// Woken when rows fall due (every 1/rowsPerSecond, at most every millisecond).
+    waker: Arc<tokio::sync::Notify>,
+    ticker: Option<tokio_util::task::AbortOnDropHandle<()>>,
 }
 
 fn now_ms() -> u64 {
@@ -47,7 +52,16 @@ impl RateSource {
             Field::new("timestamp", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
             Field::new("value", DataType::Int64, false),
         ]));
-        Ok(RateSource { rows_per_second, num_partitions, start_ms: None, bound: None, schema })
+        Ok(RateSource {
+            rows_per_second,
+            num_partitions,
+            start_ms: None,
+            bound: None,
+            schema,
+            times: Vec::new(),
+            waker: Arc::default(),
+            ticker: None,
+        })
     }
 
     fn available(&self) -> u64 {
@@ -98,10 +112,27 @@ impl Source for RateSource {
     }
     async fn start(&mut self) -> Result<()> {
         self.start_ms.get_or_insert_with(now_ms);
+        let period = std::time::Duration::from_micros((1_000_000 / self.rows_per_second).max(1000));
+        let waker = self.waker.clone();
+        self.ticker = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                waker.notify_one();
+            }
+        })));
         Ok(())
+    }
+    fn waker(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.ticker.is_some().then(|| self.waker.clone())
+    }
+    fn take_source_times(&mut self) -> super::SourceTimes {
+        std::mem::take(&mut self.times)
     }
     async fn prepare_available_now(&mut self) -> Result<()> {
         self.bound = Some(self.available());
+        self.ticker = None;
         Ok(())
     }
     async fn latest_offset(&mut self, start: Option<&Offset>, _: ReadLimit) -> Result<Option<Offset>> {
@@ -115,6 +146,11 @@ impl Source for RateSource {
         let to = end.field_u64(C, "rows")?;
         // The start time travels with the offset, so a replay makes the same timestamps.
         let start_ms = end.field_u64(C, "startMs")?;
+        self.times.clear();
+        for i in from..to {
+            let due = start_ms as i64 + (i as i128 * 1000 / self.rows_per_second as i128) as i64;
+            super::push_time(&mut self.times, due, 1);
+        }
         generate(&self.schema, start_ms, self.rows_per_second, from, to, self.num_partitions)
     }
     async fn restore(&mut self, _log: Vec<(u64, serde_json::Value)>, last: Option<&Offset>) -> Result<()> {

@@ -42,6 +42,10 @@ pub(crate) struct SocketSource {
     buffer: Arc<Mutex<Buffer>>,
     bound: Option<u64>,
     reader: Option<AbortOnDropHandle<()>>,
+    /// Woken by the reader for every line it buffers.
+    waker: Arc<tokio::sync::Notify>,
+    /// Source times of the last `get_batch`: each line's arrival.
+    times: super::SourceTimes,
 }
 
 impl SocketSource {
@@ -65,6 +69,8 @@ impl SocketSource {
             buffer: Arc::default(),
             bound: None,
             reader: None,
+            waker: Arc::default(),
+            times: Vec::new(),
         })
     }
 
@@ -77,7 +83,7 @@ impl SocketSource {
     }
 }
 
-async fn read_lines(stream: tokio::net::TcpStream, buffer: Arc<Mutex<Buffer>>) {
+async fn read_lines(stream: tokio::net::TcpStream, buffer: Arc<Mutex<Buffer>>, waker: Arc<tokio::sync::Notify>) {
     let mut lines = tokio::io::BufReader::new(stream).lines();
     loop {
         let full = buffer.lock().map(|b| b.lines.len() >= MAX_BUFFERED).unwrap_or(true);
@@ -86,6 +92,7 @@ async fn read_lines(stream: tokio::net::TcpStream, buffer: Arc<Mutex<Buffer>>) {
             continue;
         }
         let next = lines.next_line().await;
+        let _wake = Wake(&waker);
         let mut b = buffer.lock().unwrap_or_else(|p| p.into_inner());
         match next {
             Ok(Some(line)) => {
@@ -102,6 +109,15 @@ async fn read_lines(stream: tokio::net::TcpStream, buffer: Arc<Mutex<Buffer>>) {
                 return;
             }
         }
+    }
+}
+
+/// Wakes the query's loop when dropped, after the buffer's lock is released.
+struct Wake<'a>(&'a tokio::sync::Notify);
+
+impl Drop for Wake<'_> {
+    fn drop(&mut self) {
+        self.0.notify_one();
     }
 }
 
@@ -130,7 +146,8 @@ impl Source for SocketSource {
             )
         })?;
         tracing::info!(host = %self.host, port = self.port, "socket source connected");
-        self.reader = Some(AbortOnDropHandle::new(tokio::spawn(read_lines(stream, self.buffer.clone()))));
+        self.reader =
+            Some(AbortOnDropHandle::new(tokio::spawn(read_lines(stream, self.buffer.clone(), self.waker.clone()))));
         Ok(())
     }
     async fn prepare_available_now(&mut self) -> Result<()> {
@@ -169,15 +186,25 @@ impl Source for SocketSource {
         let slice = b.lines.range(lo..hi.min(b.lines.len()));
         let mut values = StringBuilder::new();
         let mut ts = Vec::new();
+        let mut times = Vec::new();
         for (line, t) in slice {
             values.append_value(line);
             ts.push(*t);
+            super::push_time(&mut times, *t / 1000, 1);
         }
+        drop(b);
+        self.times = times;
         let mut columns: Vec<arrow_array::ArrayRef> = vec![Arc::new(values.finish())];
         if self.include_timestamp {
             columns.push(Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")));
         }
         Ok(vec![(0, RecordBatch::try_new(self.schema.clone(), columns)?)])
+    }
+    fn waker(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.waker.clone())
+    }
+    fn take_source_times(&mut self) -> super::SourceTimes {
+        std::mem::take(&mut self.times)
     }
     async fn commit(&mut self, end: &Offset) -> Result<()> {
         let to = end.as_u64(C)?;
