@@ -138,6 +138,8 @@ struct Runner {
     restore_after: Vec<(StepRef, Prepared)>,
     /// The event-time watermark, when the query defines one.
     watermark: Option<Watermark>,
+    /// The background deletion of old checkpoint logs, if one ran.
+    purging: Option<tokio_util::task::AbortOnDropHandle<()>>,
 }
 
 /// The query's watermark between batches.
@@ -239,6 +241,7 @@ pub(crate) async fn run(mut q: Query, shared: Arc<Shared>, cancel: CancellationT
         saved: std::collections::HashSet::new(),
         restore_after: Vec::new(),
         watermark,
+        purging: None,
     };
     let result = drive(&mut r, &cancel).await;
     // State written in the background (snapshots) lands before the query reports it stopped.
@@ -458,7 +461,7 @@ impl Runner {
         if let Some(c) = &self.ckpt {
             c.write_commit(self.batch_id, &CommitEntry { next_batch_watermark_ms: next_watermark }).await?;
             if self.batch_id.is_multiple_of(10) {
-                c.purge(self.batch_id.saturating_sub(crate::state::MIN_BATCHES_TO_RETAIN), 1).await?;
+                self.purge(c.clone());
             }
         }
         self.q.source.commit(&b.end).await?;
@@ -473,6 +476,23 @@ impl Runner {
             self.swap_in(at, prepared).await?;
         }
         Ok(())
+    }
+
+    /// Deletes the logs of batches older than the retained ones, in the background (listing
+    /// and deleting would otherwise stall the stream every 10 batches). One purge at a time; a
+    /// failed one is logged (the next one retries: old logs only take space).
+    fn purge(&mut self, c: Checkpoint) {
+        if let Some(p) = &self.purging {
+            if !p.is_finished() {
+                return;
+            }
+        }
+        let keep_from = self.batch_id.saturating_sub(crate::state::MIN_BATCHES_TO_RETAIN);
+        self.purging = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            if let Err(e) = c.purge(keep_from, 1).await {
+                tracing::warn!(error = %e, "could not delete old checkpoint logs; the next purge retries");
+            }
+        })));
     }
 
     /// The plugins the batch runs with, by step.

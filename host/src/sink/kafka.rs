@@ -160,6 +160,10 @@ impl KafkaSink {
             // One transaction spans a whole batch: allow big ones (the broker's cap,
             // transaction.max.timeout.ms, is 15 minutes by default).
             defaults.push(("transaction.timeout.ms", "600000"));
+            // Right after a commit the broker answers the next transaction's first records with
+            // CONCURRENT_TRANSACTIONS until the commit's markers are written; librdkafka's
+            // default 100 ms back-off would add that to every batch (or epoch).
+            defaults.push(("retry.backoff.ms", "5"));
         }
         let config = client_config(C, options, &defaults)?;
         let servers = config.get("bootstrap.servers").unwrap_or_default().to_string();
@@ -619,7 +623,10 @@ impl Sink for KafkaSink {
         let consumer = txn.consumer.clone();
         let (pause, timeout) = (self.pause, self.timeout);
         blocking(move || {
-            commit_txn(&producer, &consumer, &anchor, batch_id, pause, timeout)
+            // Acknowledgements first, by our own wait: rust-rdkafka's commit_transaction flushes
+            // with its 100 ms polling steps otherwise.
+            await_acks(&producer, timeout)
+                .and_then(|_| commit_txn(&producer, &consumer, &anchor, batch_id, pause, timeout))
                 .map_err(|e| abort_after(&producer, batch_id, timeout, e))
         })
         .await?
