@@ -482,10 +482,8 @@ impl Runner {
     /// and deleting would otherwise stall the stream every 10 batches). One purge at a time; a
     /// failed one is logged (the next one retries: old logs only take space).
     fn purge(&mut self, c: Checkpoint) {
-        if let Some(p) = &self.purging {
-            if !p.is_finished() {
-                return;
-            }
+        if self.purging.as_ref().is_some_and(|p| !p.is_finished()) {
+            return;
         }
         let keep_from = self.batch_id.saturating_sub(crate::state::MIN_BATCHES_TO_RETAIN);
         self.purging = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
