@@ -22,46 +22,23 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, Int64Array};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use sluice::{PipelineSpec, PluginSpec, StreamingQueryProgress, Trigger};
 
-use crate::kafka::bootstrap;
+use crate::kafka::{bootstrap, config, create_topic, topic};
 use crate::recovery::sluice_bin;
 use crate::*;
 
 // ---------------------------------------------------------------------------------------------
-// Kafka helpers (the ones in kafka.rs are private to it).
-
-fn kafka_config() -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap());
-    c
-}
-
-fn unique_topic(tag: &str) -> String {
-    format!("it-{tag}-{}", uuid_like())
-}
-
-async fn create_topic(name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = kafka_config().create().expect("admin client");
-    let r = admin
-        .create_topics(&[NewTopic::new(name, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
-        .await
-        .expect("create topic");
-    for t in r {
-        t.unwrap_or_else(|e| panic!("creating topic {name}: {e:?}"));
-    }
-}
+// Kafka helpers beyond the shared ones in kafka.rs.
 
 fn producer() -> BaseProducer {
-    kafka_config().set("linger.ms", "5").set("enable.idempotence", "true").create().expect("producer")
+    config().set("linger.ms", "5").set("enable.idempotence", "true").create().expect("producer")
 }
 
 /// The value of record `i`.
@@ -137,7 +114,7 @@ impl Drop for Trickle {
 
 /// A `read_committed` consumer assigned every partition of `topic` from the beginning.
 fn committed_reader(topic: &str) -> (BaseConsumer, Vec<i32>) {
-    let c: BaseConsumer = kafka_config()
+    let c: BaseConsumer = config()
         .set("group.id", format!("it-continuous-reader-{}", uuid_like()))
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
@@ -404,7 +381,7 @@ continuous = "100ms"
 fn continuous_kafka_exactly_once_survives_kill() {
     const N: u64 = 3000;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (input, output) = (unique_topic("cont-in"), unique_topic("cont-out"));
+    let (input, output) = (topic("cont-in"), topic("cont-out"));
     rt.block_on(create_topic(&input, 2));
     rt.block_on(create_topic(&output, 1));
     {

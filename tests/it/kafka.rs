@@ -25,17 +25,17 @@ pub(crate) fn bootstrap() -> String {
     })
 }
 
-fn topic(tag: &str) -> String {
+pub(crate) fn topic(tag: &str) -> String {
     format!("it-{tag}-{}", uuid_like())
 }
 
-fn config() -> ClientConfig {
+pub(crate) fn config() -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap());
     c
 }
 
-async fn create_topic(name: &str, partitions: i32) {
+pub(crate) async fn create_topic(name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = config().create().expect("admin client");
     let r = admin
         .create_topics(&[NewTopic::new(name, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
