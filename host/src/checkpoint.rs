@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -127,6 +127,38 @@ fn store_err(location: &str, e: object_store::Error) -> Error {
     Error::Checkpoint { location: location.to_string(), message: e.to_string() }
 }
 
+/// Part size of a multipart upload (S3 needs at least 5 MiB but for the last part).
+pub(crate) const UPLOAD_PART_BYTES: usize = 8 << 20;
+
+/// A file being written in parts; see [`Checkpoint::upload`].
+pub(crate) struct Upload {
+    parts: WriteMultipart,
+    name: String,
+}
+
+impl Upload {
+    /// Adds `bytes`, waiting while two parts are already in flight (so at most about three
+    /// parts are in memory).
+    pub(crate) async fn write(&mut self, bytes: Bytes) -> Result<()> {
+        self.parts.wait_for_capacity(2).await.map_err(|e| store_err(&self.name, e))?;
+        self.parts.put(bytes);
+        Ok(())
+    }
+
+    /// Completes the file: it appears whole.
+    pub(crate) async fn finish(self) -> Result<()> {
+        self.parts.finish().await.map_err(|e| store_err(&self.name, e))?;
+        Ok(())
+    }
+
+    /// Gives up: the parts written so far are discarded.
+    pub(crate) async fn abort(self) {
+        if let Err(e) = self.parts.abort().await {
+            tracing::warn!(file = %self.name, "aborting an upload: {e}");
+        }
+    }
+}
+
 impl Checkpoint {
     /// Opens the checkpoint at `location`: a local directory (created if missing) or an
     /// `s3://bucket/prefix` URL (credentials, region and endpoint from the usual `AWS_*`
@@ -185,6 +217,14 @@ impl Checkpoint {
     pub(crate) async fn put(&self, rel: &str, data: Bytes) -> Result<()> {
         self.store.put(&self.path(rel), PutPayload::from(data)).await.map_err(|e| store_err(&self.name(rel), e))?;
         Ok(())
+    }
+
+    /// Starts writing `rel` in parts (a multipart upload): nothing is visible until
+    /// [`Upload::finish`], and an upload dropped or aborted leaves nothing behind.
+    pub(crate) async fn upload(&self, rel: &str) -> Result<Upload> {
+        let name = self.name(rel);
+        let up = self.store.put_multipart(&self.path(rel)).await.map_err(|e| store_err(&name, e))?;
+        Ok(Upload { parts: WriteMultipart::new_with_chunk_size(up, UPLOAD_PART_BYTES), name })
     }
 
     /// Writes `rel` atomically if it does not exist; returns false if it did.

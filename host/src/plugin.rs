@@ -179,6 +179,9 @@ impl PluginRuntime {
         // The Wasm stack: deep recursion traps as a stack overflow well before the host's
         // stack is at risk.
         wasm.max_wasm_stack(1 << 20);
+        // Plugins are WASI 0.2 components called one call at a time: without the component
+        // model's concurrency support (wasmtime's default), a call skips its task bookkeeping.
+        wasm.concurrency_support(false);
         let mut cache_config = wasmtime::CacheConfig::new();
         cache_config.with_directory(config.cache_dir.join("wasmtime"));
         let cache = wasmtime::Cache::new(cache_config).map_err(|e| load_err("*", &config.cache_dir, e))?;

@@ -6,7 +6,8 @@
 //! them), plus,
 //! every `min_deltas_for_snapshot` versions, a **snapshot** (`<V>.snapshot`: every live key's
 //! row). Snapshots are encoded and written in the
-//! background, so a snapshot batch does not stall the stream; a snapshot that is not there yet
+//! background, streamed as a multipart upload (the whole file is never in memory), so a
+//! snapshot batch does not stall the stream; a snapshot that is not there yet
 //! (or never landed, after a crash) costs only a longer replay of deltas, which are kept until
 //! a later snapshot covers them. Both are Arrow IPC files (a torn file fails to decode and is
 //! reported with its path). Loading V
@@ -22,7 +23,7 @@ use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, UPLOAD_PART_BYTES};
 use crate::error::{Error, Result};
 
 /// Snapshot every this many versions (Spark's `minDeltasForSnapshot`).
@@ -62,6 +63,88 @@ fn encode(schema: &SchemaRef, batches: impl IntoIterator<Item = Result<RecordBat
     }
     w.finish()?;
     Ok(Bytes::from(w.into_inner()?))
+}
+
+/// A `Write` that hands what it is given to an upload in pieces of about
+/// [`UPLOAD_PART_BYTES`], through a bounded channel: the snapshot encoder (on the blocking
+/// pool) never holds more than one piece.
+struct Pieces {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+}
+
+impl Pieces {
+    fn send(&mut self) -> std::io::Result<()> {
+        let piece = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(UPLOAD_PART_BYTES)));
+        self.tx.blocking_send(piece).map_err(|_| std::io::Error::other("the snapshot upload stopped"))
+    }
+}
+
+impl std::io::Write for Pieces {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= UPLOAD_PART_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encodes `batches` as an Arrow IPC file into `rel`, streamed as a multipart upload while it
+/// is encoded (on the blocking pool): the whole file is never in memory. The file appears only
+/// once complete; a failure on either side leaves nothing.
+async fn write_streamed(ckpt: &Checkpoint, rel: &str, schema: SchemaRef, batches: Snapshot) -> Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let encoder = tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut pieces = Pieces { buf: Vec::with_capacity(UPLOAD_PART_BYTES), tx };
+        let mut w = arrow_ipc::writer::FileWriter::try_new(&mut pieces, &schema)?;
+        for b in batches {
+            w.write(&b?)?;
+        }
+        w.finish()?;
+        drop(w);
+        if !pieces.buf.is_empty() {
+            pieces.send().map_err(|e| Error::Internal(format!("encoding a state snapshot: {e}")))?;
+        }
+        Ok(())
+    });
+    let encoded = |r: std::result::Result<Result<()>, tokio::task::JoinError>| {
+        r.map_err(|e| Error::Internal(format!("encoding a state snapshot: {e}")))?
+    };
+    // A file of one piece is one plain write.
+    let Some(first) = rx.recv().await else { return encoded(encoder.await) };
+    let Some(second) = rx.recv().await else {
+        encoded(encoder.await)?;
+        return ckpt.put(rel, first).await;
+    };
+    let mut upload = ckpt.upload(rel).await?;
+    let mut failed = None;
+    let mut pending = vec![first, second].into_iter();
+    while let Some(piece) = match pending.next() {
+        Some(p) => Some(p),
+        None => rx.recv().await,
+    } {
+        if let Err(e) = upload.write(piece).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    drop(rx);
+    let result = match failed {
+        Some(e) => Err(e),
+        None => encoded(encoder.await),
+    };
+    match result {
+        Ok(()) => upload.finish().await,
+        Err(e) => {
+            upload.abort().await;
+            Err(e)
+        }
+    }
 }
 
 async fn joined(handle: JoinHandle<Result<()>>) -> Result<()> {
@@ -201,10 +284,7 @@ impl StateStore {
             }
             let (this, schema, snapshot) = (self.clone(), schema.clone(), full());
             *slot = Some(tokio::spawn(async move {
-                let bytes = tokio::task::spawn_blocking(move || encode(&schema, snapshot))
-                    .await
-                    .map_err(|e| Error::Internal(format!("encoding a state snapshot: {e}")))??;
-                this.ckpt.put(&format!("{}/{version}.snapshot", this.dir), bytes).await?;
+                write_streamed(&this.ckpt, &format!("{}/{version}.snapshot", this.dir), schema, snapshot).await?;
                 this.purge(version).await
             }));
         }
@@ -394,6 +474,57 @@ mod tests {
         let oldest = files.first().map(|(v, _)| *v).unwrap();
         assert!(oldest > 1 && oldest <= total - MIN_BATCHES_TO_RETAIN, "oldest kept version {oldest}");
         assert!(files.iter().any(|(v, s)| *s && *v == oldest), "the oldest kept file is a snapshot");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// A snapshot bigger than a few upload parts streams in parts and reads back whole; one
+    /// whose encoding fails half-way leaves no file.
+    #[tokio::test]
+    async fn big_snapshots_stream_in_parts_and_failures_leave_nothing() {
+        let dir = std::env::temp_dir().join(format!("sluice-state-big-{}", uuid::Uuid::new_v4()));
+        let store = StateStore::new(Checkpoint::open(&dir).unwrap(), 0, 0);
+        let schema: SchemaRef = Arc::new(Schema::new_with_metadata(
+            vec![Field::new("k", DataType::Utf8, true), Field::new("n", DataType::Int64, true)],
+            [(KEYS_METADATA.to_string(), "1".to_string())].into(),
+        ));
+        let (batches, per) = (24usize, 100_000usize);
+        let page = move |schema: &SchemaRef, b: usize| {
+            let keys: Vec<String> = (0..per).map(|i| format!("key-{:09}", b * per + i)).collect();
+            let k: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let n: Vec<i64> = (0..per).map(|i| (b * per + i) as i64).collect();
+            rows(schema, &k, &n)
+        };
+        let delta = rows(&schema, &["x"], &[1]);
+        let s2 = schema.clone();
+        let full = move || Box::new((0..batches).map(move |b| Ok(page(&s2, b)))) as Snapshot;
+        store.commit(MIN_DELTAS_FOR_SNAPSHOT, &schema, &delta, &[], full).await.unwrap();
+        store.flush().await.unwrap();
+        let file = dir.join(format!("state/0/0/{MIN_DELTAS_FOR_SNAPSHOT}.snapshot"));
+        let size = std::fs::metadata(&file).unwrap().len() as usize;
+        assert!(size > 3 * UPLOAD_PART_BYTES, "the snapshot ({size} bytes) spans several parts");
+        let t = store.read_table(MIN_DELTAS_FOR_SNAPSHOT).await.unwrap().unwrap();
+        // Version V's snapshot is the whole state at V (the delta's key is not in `full`).
+        assert_eq!(t.num_rows(), batches * per);
+        let n = t.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        let sum: i64 = n.values().iter().sum();
+        let total = (batches * per) as i64;
+        assert_eq!(sum, total * (total - 1) / 2);
+
+        // The encoder fails after several parts: the error reaches the next flush, no file.
+        let s3 = schema.clone();
+        let failing = move || {
+            Box::new((0..batches).map(move |b| match b {
+                12 => Err(Error::Internal("the state went away".into())),
+                b => Ok(page(&s3, b)),
+            })) as Snapshot
+        };
+        let v = 2 * MIN_DELTAS_FOR_SNAPSHOT;
+        store.commit(v, &schema, &delta, &[], failing).await.unwrap();
+        let e = store.flush().await.expect_err("the snapshot failed");
+        assert!(e.to_string().contains("the state went away"), "{e}");
+        assert!(!dir.join(format!("state/0/0/{v}.snapshot")).exists());
+        let left: Vec<_> = std::fs::read_dir(dir.join("state/0/0")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.iter().all(|n| !n.to_string_lossy().contains('#')), "no staging files left: {left:?}");
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use arrow_array::builder::StringBuilder;
 use arrow_array::{ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use futures::{StreamExt, TryStreamExt};
 
 use super::{Offset, Partitioned, ReadLimit, Source};
 use crate::error::{Error, ErrorKind, Result};
@@ -40,18 +41,12 @@ enum Mode {
 }
 
 pub(crate) struct FileSource {
-    format: Format,
     dir: PathBuf,
     /// The full output schema (including a corrupt-record column if any).
     schema: SchemaRef,
-    /// The schema parsed from the files (without the corrupt-record column).
-    data_schema: SchemaRef,
-    corrupt_column: Option<usize>,
-    mode: Mode,
+    decoding: Arc<Decoding>,
     max_files: Option<usize>,
     latest_first: bool,
-    csv_header: bool,
-    csv_sep: u8,
     log: Vec<PathBuf>,
     seen: HashSet<PathBuf>,
     bound: Option<u64>,
@@ -83,9 +78,19 @@ fn list(dir: &Path) -> Result<Vec<(std::time::SystemTime, PathBuf)>> {
         if name.starts_with('.') || name.starts_with('_') {
             continue;
         }
-        let meta = entry.metadata().map_err(io(&entry.path()))?;
+        // Symbolic links are followed (as Spark's local file system does); a dangling one is
+        // skipped with a warning.
+        let path = entry.path();
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(file = %path.display(), "skipping a dangling symbolic link");
+                continue;
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
         if meta.is_file() {
-            files.push((meta.modified().map_err(io(&entry.path()))?, entry.path()));
+            files.push((meta.modified().map_err(io(&path))?, path));
         }
     }
     files.sort();
@@ -180,17 +185,22 @@ impl FileSource {
                 .map(|(_, f)| f.clone())
                 .collect::<Vec<_>>(),
         ));
-        Ok(FileSource {
+        let decoding = Arc::new(Decoding {
             format,
-            dir,
-            schema,
+            name: format!("FileStreamSource[{}]", dir.display()),
+            schema: schema.clone(),
             data_schema,
             corrupt_column,
             mode,
-            max_files,
-            latest_first: o.bool_or(c, "latestFirst", false)?,
             csv_header: o.bool_or(c, "header", false)?,
             csv_sep,
+        });
+        Ok(FileSource {
+            dir,
+            schema,
+            decoding,
+            max_files,
+            latest_first: o.bool_or(c, "latestFirst", false)?,
             log: Vec::new(),
             seen: HashSet::new(),
             bound: None,
@@ -216,6 +226,28 @@ impl FileSource {
             self.log.push(p);
         }
         Ok(())
+    }
+}
+
+/// How a file becomes rows: shared with the blocking tasks that decode a batch's files in
+/// parallel.
+struct Decoding {
+    format: Format,
+    /// The source's description, for errors.
+    name: String,
+    /// The full output schema (including a corrupt-record column if any).
+    schema: SchemaRef,
+    /// The schema parsed from the files (without the corrupt-record column).
+    data_schema: SchemaRef,
+    corrupt_column: Option<usize>,
+    mode: Mode,
+    csv_header: bool,
+    csv_sep: u8,
+}
+
+impl Decoding {
+    fn err(&self, message: String, kind: ErrorKind) -> Error {
+        Error::Source { source_name: self.name.clone(), message, kind }
     }
 
     fn read_file(&self, path: &Path, bytes: Vec<u8>) -> Result<RecordBatch> {
@@ -359,7 +391,11 @@ fn skip_line(bytes: &[u8]) -> &[u8] {
 
 /// One row per line; `\r\n` and a final newline are handled like Spark's text source.
 fn text_batch(schema: &SchemaRef, bytes: &[u8]) -> Result<RecordBatch> {
-    let text = String::from_utf8_lossy(bytes);
+    // Valid UTF-8 (the usual case) is checked at memory speed; otherwise bad bytes become U+FFFD.
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => std::borrow::Cow::Borrowed(t),
+        Err(_) => String::from_utf8_lossy(bytes),
+    };
     let mut b = StringBuilder::with_capacity(text.len() / 40 + 1, text.len());
     for line in text.lines() {
         b.append_value(line);
@@ -481,12 +517,24 @@ impl Source for FileSource {
         let files = self.log.get(from..to).ok_or_else(|| {
             self.err(format!("offsets {from}..{to} are beyond the {} files seen", self.log.len()), ErrorKind::Internal)
         })?;
-        let mut out = Vec::with_capacity(files.len());
+        // Files are read and decoded a few at a time (as many as there are cores), each on the
+        // blocking pool, in file order.
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let read = files.iter().cloned().map(|path| {
+            let decoding = self.decoding.clone();
+            async move {
+                let bytes = tokio::fs::read(&path).await.map_err(io(&path))?;
+                let modified = tokio::fs::metadata(&path).await.and_then(|m| m.modified()).ok();
+                let batch = tokio::task::spawn_blocking(move || decoding.read_file(&path, bytes))
+                    .await
+                    .map_err(|e| Error::Internal(format!("decoding a file: {e}")))??;
+                Ok::<_, Error>((modified, batch))
+            }
+        });
+        let decoded: Vec<_> = futures::stream::iter(read).buffered(parallel).try_collect().await?;
         self.times.clear();
-        for (i, path) in files.to_vec().iter().enumerate() {
-            let bytes = tokio::fs::read(path).await.map_err(io(path))?;
-            let batch = self.read_file(path, bytes)?;
-            let modified = tokio::fs::metadata(path).await.and_then(|m| m.modified()).ok();
+        let mut out = Vec::with_capacity(decoded.len());
+        for (i, (modified, batch)) in decoded.into_iter().enumerate() {
             if let Some(ms) = modified.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
                 super::push_time(&mut self.times, ms.as_millis() as i64, batch.num_rows() as u64);
             }
@@ -496,5 +544,51 @@ impl Source for FileSource {
     }
     fn take_source_times(&mut self) -> super::SourceTimes {
         std::mem::take(&mut self.times)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::{Array, StringArray};
+
+    use super::*;
+
+    fn lines(batch: &RecordBatch) -> Vec<String> {
+        let c = batch.column(0).as_any().downcast_ref::<StringArray>().expect("a string column");
+        (0..c.len()).map(|i| c.value(i).to_string()).collect()
+    }
+
+    /// Files decode in parallel but come back in file order, one partition each; symbolic links
+    /// are followed and dangling ones skipped; bad UTF-8 becomes U+FFFD.
+    #[tokio::test]
+    async fn text_files_in_order_through_symlinks() {
+        let root = std::env::temp_dir().join(format!("sluice-file-src-{}", uuid::Uuid::new_v4()));
+        let (dir, elsewhere) = (root.join("in"), root.join("elsewhere"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::create_dir_all(&elsewhere).expect("dir");
+        for i in 0..5 {
+            let text = (0..1000).map(|j| format!("file {i} line {j}\n")).collect::<String>();
+            std::fs::write(dir.join(format!("f{i}.txt")), text).expect("write");
+            // Distinct modification times keep the file order by name.
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+        std::fs::write(elsewhere.join("linked.txt"), b"ok\xff\xfeok\r\nlast").expect("write");
+        std::os::unix::fs::symlink(elsewhere.join("linked.txt"), dir.join("g-link.txt")).expect("symlink");
+        std::os::unix::fs::symlink(elsewhere.join("missing.txt"), dir.join("h-dangling.txt")).expect("symlink");
+        let mut spec = SourceSpec::new("text");
+        spec.path = Some(dir.clone());
+        let mut src = FileSource::try_new(&spec).expect("source");
+        let end = src.latest_offset(None, ReadLimit::Default).await.expect("offset").expect("files");
+        let parts = src.get_batch(None, &end).await.expect("batch");
+        assert_eq!(parts.len(), 6, "five files and the linked one; the dangling link is skipped");
+        for (i, (p, b)) in parts.iter().take(5).enumerate() {
+            assert_eq!(*p as usize, i);
+            let l = lines(b);
+            assert_eq!(l.len(), 1000);
+            assert_eq!(l[0], format!("file {i} line 0"));
+            assert_eq!(l[999], format!("file {i} line 999"));
+        }
+        assert_eq!(lines(&parts[5].1), vec!["ok\u{fffd}\u{fffd}ok".to_string(), "last".to_string()]);
+        std::fs::remove_dir_all(root).ok();
     }
 }

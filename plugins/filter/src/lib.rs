@@ -44,11 +44,9 @@ impl Transform for Filter {
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| Error::InvalidInput(format!("column `{}` must be BIGINT", self.column)))?;
         let (m, r) = (self.modulo, self.remainder);
-        let keep: BooleanArray = if col.null_count() == 0 {
-            col.values().iter().map(|v| Some(v % m == r)).collect()
-        } else {
-            col.iter().map(|v| Some(v.is_some_and(|v| v % m == r))).collect()
-        };
+        // One bit per row, computed straight into a bitmap; a null row stays null, which the
+        // filter drops.
+        let keep = BooleanArray::from_unary(col, |v| v % m == r);
         Ok(sluice_sdk::arrow_select::filter::filter_record_batch(&input, &keep)?)
     }
 }

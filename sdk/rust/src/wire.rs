@@ -13,6 +13,8 @@
 //! Decoding never trusts its input: every message is length-checked, the flatbuffers are
 //! verified, buffers are bounds-checked and arrays validated by arrow-ipc, compressed buffers
 //! are refused; array data points into the received bytes (no copy) where it is aligned.
+//! Flat schemas (primitive, boolean, string and binary columns) take a faster path that
+//! writes and reads the same messages (`flat.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +23,8 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_buffer::Buffer;
 use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions, StreamEncoder};
 use arrow_schema::{ArrowError, Schema, SchemaRef};
+
+mod flat;
 
 const CONTINUATION: [u8; 4] = [0xff; 4];
 
@@ -95,14 +99,18 @@ fn decode_stream_unguarded(bytes: Vec<u8>) -> Result<(SchemaRef, Vec<RecordBatch
     Ok((schema, batches))
 }
 
-fn write_encapsulated(out: &mut Vec<u8>, message: &[u8], body: &[u8]) {
-    // Continuation marker, metadata length (the flatbuffer padded so the body starts on an
-    // 8-byte boundary), flatbuffer, padding, body.
+/// Writes an encapsulated message's prefix: continuation marker, metadata length (the
+/// flatbuffer padded so the body starts on an 8-byte boundary), flatbuffer, padding.
+fn write_header(out: &mut Vec<u8>, message: &[u8]) {
     let padded = (message.len() + 8).div_ceil(8) * 8 - 8;
     out.extend_from_slice(&CONTINUATION);
     out.extend_from_slice(&(padded as i32).to_le_bytes());
     out.extend_from_slice(message);
     out.resize(out.len() + padded - message.len(), 0);
+}
+
+fn write_encapsulated(out: &mut Vec<u8>, message: &[u8], body: &[u8]) {
+    write_header(out, message);
     out.extend_from_slice(body);
 }
 
@@ -124,6 +132,17 @@ pub fn encode_schema(schema: &Schema) -> Vec<u8> {
 pub fn encode_batch(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
     let mut out = Vec::with_capacity(payload_size(batches) + 512 * batches.len().max(1));
     let Some(first) = batches.first() else { return Ok(out) };
+    if flat::is_flat(&first.schema()) {
+        for b in batches {
+            flat::encode(b, &mut out)?;
+        }
+        return Ok(out);
+    }
+    encode_batch_ipc(first, batches, out)
+}
+
+/// [`encode_batch`] by arrow-ipc's encoder (any schema).
+fn encode_batch_ipc(first: &RecordBatch, batches: &[RecordBatch], mut out: Vec<u8>) -> Result<Vec<u8>, ArrowError> {
     // arrow-ipc's stream encoder writes each buffer once, straight from the arrays (no
     // intermediate body copy); its first message is the schema, which the reader already has,
     // so it is skipped. One encoder per payload: a dictionary goes once per payload, and the
@@ -220,6 +239,28 @@ fn decode_schema_unguarded(bytes: Vec<u8>) -> Result<SchemaRef, ArrowError> {
     Ok(Arc::new(arrow_ipc::convert::fb_to_schema(ipc_schema)))
 }
 
+/// Reads a record batch the host sent to a plugin, without validating its arrays again.
+///
+/// Only a plugin (on Wasm) decodes this way: its input comes from the host, which encoded
+/// arrays it had built and validated itself, and re-checking every string's UTF-8 and offsets
+/// was the largest cost of a small call. Were the bytes ever invalid, the harm would stay
+/// inside the plugin's own sandboxed memory. The host always validates what plugins return.
+#[allow(unsafe_code, reason = "skipping arrow's validation of data the trusted host produced")]
+fn read_from_host(
+    body: &Buffer,
+    b: arrow_ipc::RecordBatch<'_>,
+    schema: &SchemaRef,
+    dictionaries: &HashMap<i64, ArrayRef>,
+    version: &arrow_ipc::MetadataVersion,
+) -> Result<RecordBatch, ArrowError> {
+    let mut skip = arrow_data::UnsafeFlag::new();
+    // SAFETY: the payload is the host's encoding of valid arrays (see above).
+    unsafe { skip.set(true) };
+    arrow_ipc::reader::RecordBatchDecoder::try_new(body, b, schema.clone(), dictionaries, version)?
+        .with_skip_validation(skip)
+        .read_record_batch()
+}
+
 /// Decodes the record batches of a batch payload (0.2.0) against `schema`, validating them.
 pub fn decode_batch(schema: &SchemaRef, bytes: Vec<u8>) -> Result<Vec<RecordBatch>, ArrowError> {
     guarded(|| decode_batch_unguarded(schema, bytes))
@@ -229,6 +270,7 @@ fn decode_batch_unguarded(schema: &SchemaRef, bytes: Vec<u8>) -> Result<Vec<Reco
     let buf = Buffer::from_vec(bytes);
     let mut dictionaries: HashMap<i64, ArrayRef> = HashMap::new();
     let mut out = Vec::new();
+    let flat = flat::is_flat(schema);
     for (meta, body) in messages(&buf)? {
         let message = arrow_ipc::root_as_message(meta.as_slice()).map_err(|e| ipc_err(e.to_string()))?;
         let version = message.version();
@@ -243,14 +285,13 @@ fn decode_batch_unguarded(schema: &SchemaRef, bytes: Vec<u8>) -> Result<Vec<Reco
                     return Err(ipc_err("compressed IPC buffers are refused at the plugin boundary"));
                 }
                 check_buffers(&b, body.len())?;
-                out.push(arrow_ipc::reader::read_record_batch(
-                    &body,
-                    b,
-                    schema.clone(),
-                    &dictionaries,
-                    None,
-                    &version,
-                )?);
+                out.push(if cfg!(target_arch = "wasm32") {
+                    read_from_host(&body, b, schema, &dictionaries, &version)?
+                } else if flat {
+                    flat::decode(schema, b, &body)?
+                } else {
+                    arrow_ipc::reader::read_record_batch(&body, b, schema.clone(), &dictionaries, None, &version)?
+                });
             }
             arrow_ipc::MessageHeader::Schema => {
                 return Err(ipc_err("a batch payload must not carry a schema message (the schema crossed once)"));
@@ -299,6 +340,107 @@ mod tests {
         stream.extend(encode_batch(std::slice::from_ref(&b)).expect("encode"));
         let (_, batches) = decode_stream(stream).expect("a stream");
         assert_eq!(batches, vec![b]);
+    }
+
+    /// Every flat type, with nulls, as a batch and two slices of it (nonzero offsets, bit
+    /// offsets that are not byte-aligned).
+    fn flat_samples() -> Vec<RecordBatch> {
+        use arrow_array::{BinaryArray, BooleanArray, Float64Array, LargeStringArray, TimestampMillisecondArray};
+        let n = 37;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("i", DataType::Int64, false),
+            Field::new("f", DataType::Float64, true),
+            Field::new("b", DataType::Boolean, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("l", DataType::LargeUtf8, true),
+            Field::new("x", DataType::Binary, true),
+            Field::new("t", DataType::Timestamp(arrow_schema::TimeUnit::Millisecond, Some("UTC".into())), true),
+        ]));
+        let some = |i: usize| i % 3 != 1;
+        let b = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..n as i64)),
+                Arc::new(Float64Array::from_iter((0..n).map(|i| some(i).then_some(i as f64 / 3.0)))),
+                Arc::new(BooleanArray::from_iter((0..n).map(|i| some(i).then_some(i % 2 == 0)))),
+                Arc::new(StringArray::from_iter((0..n).map(|i| some(i).then(|| "é".repeat(i % 4) + "x")))),
+                Arc::new(LargeStringArray::from_iter((0..n).map(|i| (i % 5 != 0).then(|| format!("{i}"))))),
+                Arc::new(BinaryArray::from_iter((0..n).map(|i| some(i).then(|| vec![i as u8; i % 3])))),
+                Arc::new(
+                    TimestampMillisecondArray::from_iter((0..n).map(|i| some(i).then_some(i as i64 * 1000)))
+                        .with_timezone("UTC"),
+                ),
+            ],
+        )
+        .expect("batch");
+        vec![b.clone(), b.slice(3, 20), b.slice(13, 0)]
+    }
+
+    #[test]
+    fn flat_batches_match_arrow_ipc_both_ways() {
+        let samples = flat_samples();
+        let schema = samples[0].schema();
+        assert!(flat::is_flat(&schema));
+        // Ours, read by arrow-ipc's stream reader: the same batches.
+        let mut stream = encode_schema(&schema);
+        stream.extend(encode_batch(&samples).expect("encode"));
+        let (_, theirs) = decode_stream(stream).expect("arrow-ipc reads the fast path's messages");
+        assert_eq!(theirs, samples);
+        // arrow-ipc's, read by ours: the same batches.
+        let ipc = encode_batch_ipc(&samples[0], &samples, Vec::new()).expect("arrow-ipc encodes");
+        let ours = decode_batch_unguarded(&schema, ipc).expect("the fast path reads arrow-ipc's messages");
+        assert_eq!(ours, samples);
+        // And ours round trip.
+        let back = decode_batch_unguarded(&schema, encode_batch(&samples).expect("encode")).expect("decode");
+        assert_eq!(back, samples);
+        // A plugin's unvalidated read of what the host sent: the same batches.
+        let buf = Buffer::from_vec(encode_batch(&samples).expect("encode"));
+        let mut trusted = Vec::new();
+        for (meta, body) in messages(&buf).expect("messages") {
+            let m = arrow_ipc::root_as_message(meta.as_slice()).expect("message");
+            let b = m.header_as_record_batch().expect("a record batch");
+            trusted.push(read_from_host(&body, b, &schema, &HashMap::new(), &m.version()).expect("read"));
+        }
+        assert_eq!(trusted, samples);
+    }
+
+    #[test]
+    fn flat_decoding_refuses_damage_without_panicking() {
+        let samples = flat_samples();
+        let schema = samples[0].schema();
+        let bytes = encode_batch(&samples[..1]).expect("encode");
+        // Unguarded: a panic here fails the test.
+        for cut in 0..bytes.len() {
+            let _ = decode_batch_unguarded(&schema, bytes[..cut].to_vec());
+        }
+        let mut accepted_changes = 0;
+        for i in 0..bytes.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut m = bytes.clone();
+                m[i] ^= flip;
+                if let Ok(got) = decode_batch_unguarded(&schema, m) {
+                    // Whatever is accepted is a valid batch of the schema.
+                    for b in &got {
+                        for c in b.columns() {
+                            c.to_data().validate_full().expect("accepted data is valid");
+                        }
+                    }
+                    accepted_changes += 1;
+                }
+            }
+        }
+        assert!(accepted_changes > 0, "some value bytes can change and stay valid");
+        // Specific damage: invalid UTF-8 in a string, decreasing offsets, a wrong null count.
+        let s = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)]));
+        let good =
+            RecordBatch::try_new(s.clone(), vec![Arc::new(StringArray::from(vec![Some("ab"), None, Some("c")]))])
+                .expect("batch");
+        let bytes = encode_batch(&[good]).expect("encode");
+        let at = bytes.windows(3).position(|w| w == b"abc").expect("values in the body");
+        let mut bad = bytes.clone();
+        bad[at] = 0xc3; // a lone lead byte
+        let e = decode_batch_unguarded(&s, bad).expect_err("invalid UTF-8");
+        assert!(e.to_string().contains("column `s`"), "{e}");
     }
 
     #[test]
