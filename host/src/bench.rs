@@ -128,7 +128,7 @@ fn native_filter(schema: &SchemaRef, input: &RecordBatch) -> Result<RecordBatch>
     // The plugin's modulo and remainder come from its config: keep them opaque here too, or
     // the compiler turns `% 2` into a bit test that the plugin's code cannot use.
     let (m, r) = (std::hint::black_box(2i64), std::hint::black_box(0i64));
-    let keep = BooleanArray::from_unary(col, |v| v % m == r);
+    let keep = BooleanArray::from_unary(col, |v| v.wrapping_rem(m) == r);
     let out = arrow_select::filter::filter_record_batch(b, &keep)?;
     let out = decode_batch(schema, encode_batch(&[out])?)?;
     Ok(out.into_iter().next().unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))

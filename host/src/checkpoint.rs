@@ -127,8 +127,9 @@ fn store_err(location: &str, e: object_store::Error) -> Error {
     Error::Checkpoint { location: location.to_string(), message: e.to_string() }
 }
 
-/// Part size of a multipart upload (S3 needs at least 5 MiB but for the last part).
-pub(crate) const UPLOAD_PART_BYTES: usize = 8 << 20;
+/// Part size of a multipart upload: S3's minimum (but for the last part), to keep the memory
+/// an upload holds small.
+pub(crate) const UPLOAD_PART_BYTES: usize = 5 << 20;
 
 /// A file being written in parts; see [`Checkpoint::upload`].
 pub(crate) struct Upload {
@@ -137,10 +138,10 @@ pub(crate) struct Upload {
 }
 
 impl Upload {
-    /// Adds `bytes`, waiting while two parts are already in flight (so at most about three
-    /// parts are in memory).
+    /// Adds `bytes`, first waiting for the part in flight, if any (`bytes` itself may start more
+    /// than one part: memory is bounded by two parts plus the largest `bytes`).
     pub(crate) async fn write(&mut self, bytes: Bytes) -> Result<()> {
-        self.parts.wait_for_capacity(2).await.map_err(|e| store_err(&self.name, e))?;
+        self.parts.wait_for_capacity(1).await.map_err(|e| store_err(&self.name, e))?;
         self.parts.put(bytes);
         Ok(())
     }
@@ -220,7 +221,10 @@ impl Checkpoint {
     }
 
     /// Starts writing `rel` in parts (a multipart upload): nothing is visible until
-    /// [`Upload::finish`], and an upload dropped or aborted leaves nothing behind.
+    /// [`Upload::finish`] succeeds. An aborted upload is cleaned up; one that fails inside
+    /// `finish` or is dropped leaves, on S3, an incomplete multipart upload that is invisible but
+    /// kept until a bucket lifecycle rule (`AbortIncompleteMultipartUpload`) removes it (a local
+    /// directory's staging file is removed either way). S3 allows 10 000 parts: about 48 GiB.
     pub(crate) async fn upload(&self, rel: &str) -> Result<Upload> {
         let name = self.name(rel);
         let up = self.store.put_multipart(&self.path(rel)).await.map_err(|e| store_err(&name, e))?;

@@ -20,6 +20,7 @@ const SDK_FILES: &[(&str, &str)] = &[
     ("README.md", include_str!("../../sdk/rust/README.md")),
     ("src/lib.rs", include_str!("../../sdk/rust/src/lib.rs")),
     ("src/wire.rs", include_str!("../../sdk/rust/src/wire.rs")),
+    ("src/wire/flat.rs", include_str!("../../sdk/rust/src/wire/flat.rs")),
     ("src/bindings.rs", include_str!("../../sdk/rust/src/bindings.rs")),
     ("src/transform.rs", include_str!("../../sdk/rust/src/transform.rs")),
     ("src/source.rs", include_str!("../../sdk/rust/src/source.rs")),
@@ -51,7 +52,9 @@ arrow-array = { version = "59", default-features = false }
 arrow-schema = { version = "59", default-features = false }
 arrow-ipc = { version = "59", default-features = false }
 arrow-buffer = { version = "59", default-features = false }
+arrow-data = { version = "59", default-features = false }
 arrow-select = { version = "59", default-features = false }
+flatbuffers = { version = "25", default-features = false }
 "#;
 
 /// The world names `sluice plugin new --world` takes.
@@ -625,3 +628,38 @@ mod tests {
     }
 }
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every source file of the SDK ships inside the binary, and the embedded manifest names
+    /// every dependency of the real one: a crate made by `sluice plugin new` builds.
+    #[test]
+    fn the_embedded_sdk_is_the_whole_sdk() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/rust");
+        let mut files = Vec::new();
+        let mut dirs = vec![root.join("src")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).expect("the SDK's sources").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    files.push(p.strip_prefix(&root).expect("under the SDK").to_string_lossy().into_owned());
+                }
+            }
+        }
+        assert!(files.len() >= 8, "found the SDK's sources: {files:?}");
+        for f in &files {
+            assert!(SDK_FILES.iter().any(|(n, _)| n == f), "{f} is not embedded in SDK_FILES");
+        }
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("the SDK's manifest");
+        let deps = manifest.split("[dependencies]").nth(1).expect("a [dependencies] table");
+        let deps = deps.split("\n[").next().unwrap_or_default();
+        for line in deps.lines().filter(|l| l.contains('=') && !l.trim_start().starts_with('#')) {
+            let name = line.split('=').next().unwrap_or_default().trim();
+            assert!(SDK_MANIFEST.contains(&format!("\n{name} =")), "dependency `{name}` is missing from SDK_MANIFEST");
+        }
+    }
+}

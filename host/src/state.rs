@@ -23,7 +23,7 @@ use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
-use crate::checkpoint::{Checkpoint, UPLOAD_PART_BYTES};
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 
 /// Snapshot every this many versions (Spark's `minDeltasForSnapshot`).
@@ -65,9 +65,12 @@ fn encode(schema: &SchemaRef, batches: impl IntoIterator<Item = Result<RecordBat
     Ok(Bytes::from(w.into_inner()?))
 }
 
-/// A `Write` that hands what it is given to an upload in pieces of about
-/// [`UPLOAD_PART_BYTES`], through a bounded channel: the snapshot encoder (on the blocking
-/// pool) never holds more than one piece.
+/// Bytes the snapshot encoder hands to the upload at a time.
+const PIECE_BYTES: usize = 1 << 20;
+
+/// A `Write` that hands what it is given to an upload in pieces of about [`PIECE_BYTES`]
+/// (more if one write is bigger), through a bounded channel: the snapshot encoder (on the
+/// blocking pool) holds one piece, the channel another, the upload up to two parts.
 struct Pieces {
     buf: Vec<u8>,
     tx: tokio::sync::mpsc::Sender<Bytes>,
@@ -75,7 +78,7 @@ struct Pieces {
 
 impl Pieces {
     fn send(&mut self) -> std::io::Result<()> {
-        let piece = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(UPLOAD_PART_BYTES)));
+        let piece = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE_BYTES)));
         self.tx.blocking_send(piece).map_err(|_| std::io::Error::other("the snapshot upload stopped"))
     }
 }
@@ -83,7 +86,7 @@ impl Pieces {
 impl std::io::Write for Pieces {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
-        if self.buf.len() >= UPLOAD_PART_BYTES {
+        if self.buf.len() >= PIECE_BYTES {
             self.send()?;
         }
         Ok(data.len())
@@ -100,7 +103,7 @@ impl std::io::Write for Pieces {
 async fn write_streamed(ckpt: &Checkpoint, rel: &str, schema: SchemaRef, batches: Snapshot) -> Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let encoder = tokio::task::spawn_blocking(move || -> Result<()> {
-        let mut pieces = Pieces { buf: Vec::with_capacity(UPLOAD_PART_BYTES), tx };
+        let mut pieces = Pieces { buf: Vec::with_capacity(PIECE_BYTES), tx };
         let mut w = arrow_ipc::writer::FileWriter::try_new(&mut pieces, &schema)?;
         for b in batches {
             w.write(&b?)?;
@@ -416,6 +419,7 @@ mod tests {
     use arrow_schema::{DataType, Field, Schema};
 
     use super::*;
+    use crate::checkpoint::UPLOAD_PART_BYTES;
 
     fn rows(schema: &SchemaRef, keys: &[&str], values: &[i64]) -> RecordBatch {
         RecordBatch::try_new(

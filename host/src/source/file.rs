@@ -78,15 +78,18 @@ fn list(dir: &Path) -> Result<Vec<(std::time::SystemTime, PathBuf)>> {
         if name.starts_with('.') || name.starts_with('_') {
             continue;
         }
-        // Symbolic links are followed (as Spark's local file system does); a dangling one is
-        // skipped with a warning.
+        // Symbolic links are followed (as Spark's local file system does); one that cannot be
+        // (dangling, a loop, no permission) is skipped with a warning, and a file deleted since
+        // the listing is skipped.
         let path = entry.path();
+        let link = entry.file_type().is_ok_and(|t| t.is_symlink());
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!(file = %path.display(), "skipping a dangling symbolic link");
+            Err(e) if link => {
+                tracing::warn!(file = %path.display(), "skipping a symbolic link that cannot be followed: {e}");
                 continue;
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io(&path)(e)),
         };
         if meta.is_file() {
@@ -575,12 +578,13 @@ mod tests {
         std::fs::write(elsewhere.join("linked.txt"), b"ok\xff\xfeok\r\nlast").expect("write");
         std::os::unix::fs::symlink(elsewhere.join("linked.txt"), dir.join("g-link.txt")).expect("symlink");
         std::os::unix::fs::symlink(elsewhere.join("missing.txt"), dir.join("h-dangling.txt")).expect("symlink");
+        std::os::unix::fs::symlink(dir.join("i-loop.txt"), dir.join("i-loop.txt")).expect("symlink");
         let mut spec = SourceSpec::new("text");
         spec.path = Some(dir.clone());
         let mut src = FileSource::try_new(&spec).expect("source");
         let end = src.latest_offset(None, ReadLimit::Default).await.expect("offset").expect("files");
         let parts = src.get_batch(None, &end).await.expect("batch");
-        assert_eq!(parts.len(), 6, "five files and the linked one; the dangling link is skipped");
+        assert_eq!(parts.len(), 6, "five files and the linked one; the dangling link and the loop are skipped");
         for (i, (p, b)) in parts.iter().take(5).enumerate() {
             assert_eq!(*p as usize, i);
             let l = lines(b);

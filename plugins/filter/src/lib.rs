@@ -44,9 +44,9 @@ impl Transform for Filter {
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| Error::InvalidInput(format!("column `{}` must be BIGINT", self.column)))?;
         let (m, r) = (self.modulo, self.remainder);
-        // One bit per row, computed straight into a bitmap; a null row stays null, which the
-        // filter drops.
-        let keep = BooleanArray::from_unary(col, |v| v % m == r);
+        // One bit per row, computed straight into a bitmap (null slots too, whatever they hold:
+        // `wrapping_rem` cannot overflow); a null row stays null, which the filter drops.
+        let keep = BooleanArray::from_unary(col, |v| v.wrapping_rem(m) == r);
         Ok(sluice_sdk::arrow_select::filter::filter_record_batch(&input, &keep)?)
     }
 }

@@ -130,7 +130,7 @@ mod batch {
         }
 
         fn write(&self, chunk: Vec<u8>) -> Result<(), wit::PluginError> {
-            let batches = wire::decode_batch(&self.schema, chunk).map_err(Error::from)?;
+            let batches = wire::decode_batch_from_host(&self.schema, chunk).map_err(Error::from)?;
             let mut s = self.inner.borrow_mut();
             for b in batches {
                 s.write(b)?;
@@ -192,7 +192,7 @@ mod foreach {
 
     impl<W: PartitionWriter> wit_sink::GuestPartitionWriter for Writer<W> {
         fn process(&self, chunk: Vec<u8>) -> Result<(), wit::PluginError> {
-            let batches = wire::decode_batch(&self.schema, chunk).map_err(Error::from)?;
+            let batches = wire::decode_batch_from_host(&self.schema, chunk).map_err(Error::from)?;
             let mut w = self.inner.borrow_mut();
             for b in batches {
                 w.process(b)?;

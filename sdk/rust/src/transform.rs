@@ -103,7 +103,7 @@ impl<T: Transform> Instance<T> {
     fn run(&self, ctx: wit::BatchContext, input: Vec<u8>) -> Result<Vec<u8>, Error> {
         let ctx = context(ctx);
         let (input_schema, _) = self.schemas()?;
-        let batches = wire::decode_batch(&input_schema, input)?;
+        let batches = wire::decode_batch_from_host(&input_schema, input)?;
         let mut t = self.inner.borrow_mut();
         let mut out = Vec::with_capacity(batches.len());
         for b in batches {

@@ -14,7 +14,9 @@
 //! verified, buffers are bounds-checked and arrays validated by arrow-ipc, compressed buffers
 //! are refused; array data points into the received bytes (no copy) where it is aligned.
 //! Flat schemas (primitive, boolean, string and binary columns) take a faster path that
-//! writes and reads the same messages (`flat.rs`).
+//! writes and reads the same messages (`flat.rs`). The one exception to validation: a plugin's
+//! bindings read the input of a call, which the host encoded from arrays it had validated,
+//! without validating it again (on Wasm only; see `read_from_host`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -241,7 +243,8 @@ fn decode_schema_unguarded(bytes: Vec<u8>) -> Result<SchemaRef, ArrowError> {
 
 /// Reads a record batch the host sent to a plugin, without validating its arrays again.
 ///
-/// Only a plugin (on Wasm) decodes this way: its input comes from the host, which encoded
+/// Only a plugin's bindings (on Wasm) decode this way, and only the input of a call
+/// ([`decode_batch_from_host`]; [`decode_batch`] always validates): it comes from the host, which encoded
 /// arrays it had built and validated itself, and re-checking every string's UTF-8 and offsets
 /// was the largest cost of a small call. Were the bytes ever invalid, the harm would stay
 /// inside the plugin's own sandboxed memory. The host always validates what plugins return.
@@ -263,10 +266,17 @@ fn read_from_host(
 
 /// Decodes the record batches of a batch payload (0.2.0) against `schema`, validating them.
 pub fn decode_batch(schema: &SchemaRef, bytes: Vec<u8>) -> Result<Vec<RecordBatch>, ArrowError> {
-    guarded(|| decode_batch_unguarded(schema, bytes))
+    guarded(|| decode_batch_unguarded(schema, bytes, false))
 }
 
-fn decode_batch_unguarded(schema: &SchemaRef, bytes: Vec<u8>) -> Result<Vec<RecordBatch>, ArrowError> {
+/// [`decode_batch`] for the payload the host passed to a plugin call: on Wasm, without
+/// re-validating the arrays (see `read_from_host`); natively (a plugin's own tests), validated.
+#[cfg(any(feature = "bindings", test))]
+pub(crate) fn decode_batch_from_host(schema: &SchemaRef, bytes: Vec<u8>) -> Result<Vec<RecordBatch>, ArrowError> {
+    guarded(|| decode_batch_unguarded(schema, bytes, cfg!(target_arch = "wasm32")))
+}
+
+fn decode_batch_unguarded(schema: &SchemaRef, bytes: Vec<u8>, from_host: bool) -> Result<Vec<RecordBatch>, ArrowError> {
     let buf = Buffer::from_vec(bytes);
     let mut dictionaries: HashMap<i64, ArrayRef> = HashMap::new();
     let mut out = Vec::new();
@@ -285,7 +295,7 @@ fn decode_batch_unguarded(schema: &SchemaRef, bytes: Vec<u8>) -> Result<Vec<Reco
                     return Err(ipc_err("compressed IPC buffers are refused at the plugin boundary"));
                 }
                 check_buffers(&b, body.len())?;
-                out.push(if cfg!(target_arch = "wasm32") {
+                out.push(if from_host {
                     read_from_host(&body, b, schema, &dictionaries, &version)?
                 } else if flat {
                     flat::decode(schema, b, &body)?
@@ -388,10 +398,10 @@ mod tests {
         assert_eq!(theirs, samples);
         // arrow-ipc's, read by ours: the same batches.
         let ipc = encode_batch_ipc(&samples[0], &samples, Vec::new()).expect("arrow-ipc encodes");
-        let ours = decode_batch_unguarded(&schema, ipc).expect("the fast path reads arrow-ipc's messages");
+        let ours = decode_batch_unguarded(&schema, ipc, false).expect("the fast path reads arrow-ipc's messages");
         assert_eq!(ours, samples);
         // And ours round trip.
-        let back = decode_batch_unguarded(&schema, encode_batch(&samples).expect("encode")).expect("decode");
+        let back = decode_batch_unguarded(&schema, encode_batch(&samples).expect("encode"), false).expect("decode");
         assert_eq!(back, samples);
         // A plugin's unvalidated read of what the host sent: the same batches.
         let buf = Buffer::from_vec(encode_batch(&samples).expect("encode"));
@@ -411,14 +421,14 @@ mod tests {
         let bytes = encode_batch(&samples[..1]).expect("encode");
         // Unguarded: a panic here fails the test.
         for cut in 0..bytes.len() {
-            let _ = decode_batch_unguarded(&schema, bytes[..cut].to_vec());
+            let _ = decode_batch_unguarded(&schema, bytes[..cut].to_vec(), false);
         }
         let mut accepted_changes = 0;
         for i in 0..bytes.len() {
             for flip in [0x01u8, 0x80, 0xff] {
                 let mut m = bytes.clone();
                 m[i] ^= flip;
-                if let Ok(got) = decode_batch_unguarded(&schema, m) {
+                if let Ok(got) = decode_batch_unguarded(&schema, m, false) {
                     // Whatever is accepted is a valid batch of the schema.
                     for b in &got {
                         for c in b.columns() {
@@ -439,7 +449,7 @@ mod tests {
         let at = bytes.windows(3).position(|w| w == b"abc").expect("values in the body");
         let mut bad = bytes.clone();
         bad[at] = 0xc3; // a lone lead byte
-        let e = decode_batch_unguarded(&s, bad).expect_err("invalid UTF-8");
+        let e = decode_batch_unguarded(&s, bad, false).expect_err("invalid UTF-8");
         assert!(e.to_string().contains("column `s`"), "{e}");
     }
 
