@@ -139,7 +139,7 @@ enum Command {
         /// Internal: the `--state-child` run keeps a checkpoint.
         #[arg(long, hide = true)]
         state_checkpoint: bool,
-        /// `latency`: sources, of kafka, socket, rate (comma-separated or repeated; default: all).
+        /// `latency`: sources, of baseline (no Sluice: the floor), kafka, socket, rate (comma-separated or repeated; default: all).
         #[arg(long, value_delimiter = ',')]
         sources: Vec<String>,
         /// `latency`: input rates in records/s, e.g. 1000,10k (default: 1000,10000,100000).

@@ -194,27 +194,142 @@ impl ExecutionPlan for SlotExec {
 
 /// A physical plan made once and run again on each batch (its operators' run state reset).
 #[derive(Debug)]
-struct CachedPlan(Arc<dyn ExecutionPlan>);
+struct CachedPlan {
+    plan: Arc<dyn ExecutionPlan>,
+    /// Made once: building it copies the session's configuration and function registries.
+    task: Arc<TaskContext>,
+    /// For a plan that only filters and projects its scan: the same operators applied to each
+    /// input batch in turn, without the executor.
+    direct: Option<Direct>,
+}
+
+/// Inputs of at most this many rows take a plan's [`Direct`] path: for them, the executor's
+/// set-up (streams and tasks per partition) costs more than the work; larger ones are split
+/// across the cores by the executor.
+const DIRECT_MAX_ROWS: usize = 8192;
 
 impl CachedPlan {
     async fn new(ctx: &SessionContext, plan: &LogicalPlan) -> datafusion::error::Result<Self> {
-        Ok(CachedPlan(ctx.state().create_physical_plan(plan).await?))
+        let plan = ctx.state().create_physical_plan(plan).await?;
+        let direct = Direct::of(&plan);
+        Ok(CachedPlan { plan, task: ctx.task_ctx(), direct })
     }
 
     /// Runs the plan and returns its output in partition order, so the same input always gives
     /// the same rows in the same order (a coalesced stream interleaves partitions as they
     /// finish).
-    async fn run(&self, ctx: &SessionContext) -> datafusion::error::Result<Vec<RecordBatch>> {
-        let plan = reset_plan_states(self.0.clone())?;
-        let out = collect_partitioned(plan, ctx.task_ctx()).await?;
+    async fn run(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
+        if let Some(direct) = &self.direct {
+            let input = direct.slot.get();
+            if input.iter().map(RecordBatch::num_rows).sum::<usize>() <= DIRECT_MAX_ROWS {
+                return direct.run(input, &self.plan.schema());
+            }
+        }
+        let plan = reset_plan_states(self.plan.clone())?;
+        let out = collect_partitioned(plan, self.task.clone()).await?;
         Ok(out.into_iter().flatten().filter(|b| b.num_rows() > 0).collect())
+    }
+}
+
+/// A row-by-row plan (projections and filters over the scan) as operators applied to each
+/// scanned batch, bottom up: the physical expressions are the plan's own, so the output is the
+/// executor's, in input order.
+struct Direct {
+    slot: Slot,
+    ops: Vec<DirectOp>,
+}
+
+enum DirectOp {
+    /// The scan's column projection.
+    Columns(Vec<usize>),
+    /// A filter, and the columns it keeps.
+    Filter(Arc<dyn PhysicalExpr>, Option<Vec<usize>>),
+    /// A projection and its output schema.
+    Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Direct({} operators)", self.ops.len())
+    }
+}
+
+impl Direct {
+    /// The direct form of `plan`, if it has one.
+    fn of(plan: &Arc<dyn ExecutionPlan>) -> Option<Direct> {
+        use datafusion::physical_plan::coop::CooperativeExec;
+        use datafusion::physical_plan::filter::FilterExec;
+        use datafusion::physical_plan::projection::ProjectionExec;
+        let mut ops = Vec::new();
+        let mut node = plan.clone();
+        loop {
+            if node.fetch().is_some() {
+                return None;
+            }
+            let next = if let Some(p) = node.downcast_ref::<ProjectionExec>() {
+                let exprs = p.expr().iter().map(|e| e.expr.clone()).collect();
+                ops.push(DirectOp::Project(exprs, p.schema()));
+                p.input().clone()
+            } else if let Some(f) = node.downcast_ref::<FilterExec>() {
+                ops.push(DirectOp::Filter(f.predicate().clone(), f.projection().as_ref().map(|p| p.to_vec())));
+                f.input().clone()
+            } else if let Some(c) = node.downcast_ref::<CooperativeExec>() {
+                // Yields to the scheduler between batches; a direct run is one short step.
+                c.input().clone()
+            } else if let Some(scan) = node.downcast_ref::<SlotExec>() {
+                ops.extend(scan.projection.clone().map(DirectOp::Columns));
+                ops.reverse();
+                return Some(Direct { slot: scan.slot.clone(), ops });
+            } else {
+                return None;
+            };
+            node = next;
+        }
+    }
+
+    fn run(&self, input: Vec<RecordBatch>, schema: &SchemaRef) -> datafusion::error::Result<Vec<RecordBatch>> {
+        let mut out = Vec::with_capacity(input.len());
+        for mut b in input {
+            for op in &self.ops {
+                if b.num_rows() == 0 {
+                    break;
+                }
+                b = match op {
+                    DirectOp::Columns(p) => b.project(p)?,
+                    DirectOp::Filter(predicate, keep) => {
+                        let b = datafusion::physical_plan::filter::batch_filter(&b, predicate)?;
+                        match keep {
+                            Some(p) => b.project(p)?,
+                            None => b,
+                        }
+                    }
+                    DirectOp::Project(exprs, schema) => {
+                        let n = b.num_rows();
+                        let columns = exprs
+                            .iter()
+                            .map(|e| e.evaluate(&b).and_then(|v| v.into_array(n)))
+                            .collect::<datafusion::error::Result<Vec<_>>>()?;
+                        let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(n));
+                        RecordBatch::try_new_with_options(schema.clone(), columns, &options)?
+                    }
+                };
+            }
+            if b.num_rows() > 0 {
+                // The plan's schema exactly (names and metadata), as the executor gives it.
+                out.push(RecordBatch::try_new_with_options(
+                    schema.clone(),
+                    b.columns().to_vec(),
+                    &arrow_array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                )?);
+            }
+        }
+        Ok(out)
     }
 }
 
 /// A SQL step.
 pub(crate) struct SqlStep {
     index: usize,
-    ctx: SessionContext,
     /// The running batch's timestamp, read by `now()` / `current_timestamp()`.
     clock: BatchClock,
     input: Slot,
@@ -447,7 +562,7 @@ impl SqlStep {
                 ));
             }
         };
-        Ok(SqlStep { index, ctx, clock, input, output_schema, kind })
+        Ok(SqlStep { index, clock, input, output_schema, kind })
     }
 
     /// Whether this step keeps state across batches (has an aggregation).
@@ -484,8 +599,8 @@ impl SqlStep {
         self.clock.set(timestamp_ms);
         self.input.set(input);
         let out = match &mut self.kind {
-            Kind::Stateless(plan) => plan.run(&self.ctx).await.map_err(sql_err),
-            Kind::Aggregate(agg) => match agg.process(&self.ctx, mode, watermark).await.map_err(sql_err) {
+            Kind::Stateless(plan) => plan.run().await.map_err(sql_err),
+            Kind::Aggregate(agg) => match agg.process(mode, watermark).await.map_err(sql_err) {
                 Err(e) => Err(e),
                 Ok((out, delta, removed)) => {
                     let started = std::time::Instant::now();
@@ -958,7 +1073,6 @@ impl Aggregator {
     /// key columns of the groups evicted.
     async fn process(
         &mut self,
-        ctx: &SessionContext,
         mode: OutputMode,
         watermark: Option<BatchWatermark>,
     ) -> datafusion::error::Result<(Vec<RecordBatch>, Option<RecordBatch>, Vec<ArrayRef>)> {
@@ -975,7 +1089,7 @@ impl Aggregator {
         self.last_removed = 0;
         let mut t =
             Touched { gids: Vec::new(), key_at: Vec::new(), keys: Vec::new(), accs: self.fresh_accumulators()? };
-        let result = self.process_touched(ctx, mode, &mut t).await;
+        let result = self.process_touched(mode, &mut t).await;
         for g in &t.gids {
             self.local_of[*g as usize] = u32::MAX;
         }
@@ -988,14 +1102,13 @@ impl Aggregator {
 
     async fn process_touched(
         &mut self,
-        ctx: &SessionContext,
         mode: OutputMode,
         t: &mut Touched,
     ) -> datafusion::error::Result<(Vec<RecordBatch>, Option<RecordBatch>, Vec<ArrayRef>)> {
         if self.sessions.is_some() {
-            return self.process_sessions(ctx, mode).await;
+            return self.process_sessions(mode).await;
         }
-        for b in self.below.run(ctx).await? {
+        for b in self.below.run().await? {
             self.update(t, &b)?;
         }
         self.last_updated = t.gids.len() as u64;
@@ -1021,7 +1134,7 @@ impl Aggregator {
         };
         let Some(emit) = emit else { return Ok((Vec::new(), delta, removed)) };
         self.out.set(vec![self.finalize(&emit)?]);
-        let result = self.above.run(ctx).await;
+        let result = self.above.run().await;
         self.out.set(Vec::new());
         Ok((result?, delta, removed))
     }
@@ -1141,4 +1254,106 @@ fn state_schema(
     }
     let metadata = [(crate::state::KEYS_METADATA.to_string(), nk.to_string())].into();
     Ok(Arc::new(Schema::new_with_metadata(fields, metadata)))
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::cast::AsArray;
+    use arrow_array::{Int64Array, StringArray};
+
+    use super::*;
+
+    fn input() -> (SchemaRef, Vec<RecordBatch>) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("ts", DataType::Int64, false),
+        ]));
+        let batch = |from: i64, len: i64| {
+            let n: Int64Array = (from..from + len).map(|i| (i % 7 != 3).then_some(i)).collect();
+            let v: StringArray = (from..from + len).map(|i| (i % 5 != 0).then(|| format!("w{i}"))).collect();
+            let ts = Int64Array::from_iter_values(from..from + len);
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(v), Arc::new(n), Arc::new(ts)]).unwrap()
+        };
+        (schema.clone(), vec![batch(0, 40), batch(40, 0), batch(40, 1), batch(41, 300)])
+    }
+
+    /// Rows in input order per partition, as the executor gives them, compared as sorted lines.
+    fn lines(batches: &[RecordBatch]) -> Vec<String> {
+        let mut out = Vec::new();
+        for b in batches {
+            for r in 0..b.num_rows() {
+                let cells: Vec<String> = b
+                    .columns()
+                    .iter()
+                    .map(|c| arrow_cast::display::array_value_to_string(c, r).unwrap_or_default())
+                    .collect();
+                out.push(cells.join("|"));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Small inputs of a filter/projection plan skip the executor: same rows, same schema, and
+    /// in input order; a plan with other operators (explode) keeps the executor.
+    #[tokio::test]
+    async fn small_stateless_batches_run_directly_with_the_executors_results() {
+        let (schema, batches) = input();
+        let queries = [
+            ("SELECT v FROM input", true),
+            ("SELECT upper(v) AS u, n * 2 AS m, ts FROM input WHERE n % 2 = 0 AND v IS NOT NULL", true),
+            ("SELECT concat(v, ':', CAST(n AS STRING)) AS value FROM input WHERE length(v) > 2", true),
+            ("SELECT * FROM input WHERE n > 100", true),
+            ("SELECT ts, now() AS t FROM input", true),
+            ("SELECT explode(split(v, '1')) AS part FROM input", false),
+        ];
+        for (sql, direct) in queries {
+            let mut step = SqlStep::try_new(0, sql, schema.clone(), OutputMode::Append, None).await.unwrap();
+            let Kind::Stateless(plan) = &step.kind else { panic!("{sql}: not stateless") };
+            assert_eq!(
+                plan.direct.is_some(),
+                direct,
+                "{sql}: direct path for\n{}",
+                datafusion::physical_plan::displayable(plan.plan.as_ref()).indent(true)
+            );
+            step.clock.set(1_700_000_000_000);
+            step.input.set(batches.clone());
+            let executed = collect_partitioned(reset_plan_states(plan.plan.clone()).unwrap(), plan.task.clone())
+                .await
+                .unwrap()
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>();
+            let out = step.process(0, 1_700_000_000_000, None, batches.clone(), OutputMode::Append).await.unwrap();
+            assert!(!out.is_empty(), "{sql}: no output");
+            assert!(out.iter().all(|b| b.num_rows() > 0 && b.schema() == step.output_schema), "{sql}: schema");
+            assert_eq!(lines(&out), lines(&executed), "{sql}");
+            if direct {
+                // Input order: the filter on `n > 100` etc. keeps `ts` ascending.
+                let first = out[0].schema().index_of("ts").ok();
+                if let Some(i) = first {
+                    let ts: Vec<i64> = out
+                        .iter()
+                        .flat_map(|b| b.column(i).as_primitive::<arrow_array::types::Int64Type>().values().to_vec())
+                        .collect();
+                    assert!(ts.windows(2).all(|w| w[0] < w[1]), "{sql}: order");
+                }
+            }
+        }
+        // Over the threshold the executor runs (and gives the same rows).
+        let big: Vec<RecordBatch> = (0..30).map(|_| batches[3].clone()).collect();
+        assert!(big.iter().map(RecordBatch::num_rows).sum::<usize>() > DIRECT_MAX_ROWS);
+        let mut step =
+            SqlStep::try_new(0, "SELECT v FROM input WHERE n > 100", schema, OutputMode::Append, None).await.unwrap();
+        let out = step.process(0, 0, None, big.clone(), OutputMode::Append).await.unwrap();
+        let expected: usize = big
+            .iter()
+            .map(|b| {
+                let n = b.column(1).as_primitive::<arrow_array::types::Int64Type>();
+                n.iter().filter(|x| x.is_some_and(|x| x > 100)).count()
+            })
+            .sum();
+        assert_eq!(out.iter().map(RecordBatch::num_rows).sum::<usize>(), expected);
+    }
 }

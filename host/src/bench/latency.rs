@@ -8,7 +8,10 @@
 //! `socket`, `rate`), trigger (the default micro-batch trigger, or `continuous`), delivery
 //! guarantee of the Kafka sink (at-least-once, or exactly-once with one transaction per batch or
 //! epoch) and input rate (records per second). Each case gets fresh topics (1 partition each)
-//! and a fresh checkpoint, so both guarantees pay the same checkpoint logs.
+//! and a fresh checkpoint, so both guarantees pay the same checkpoint logs. The `baseline`
+//! "source" runs no Sluice at all: the harness's producer writes to the output topic and its
+//! consumer reads it, which is the floor the other rows stand on (the same broker, clients and
+//! clock on the same cores).
 //!
 //! The harness is independent of Sluice's code paths: its own librdkafka producer
 //! (`linger.ms=0`, `acks=1`) or TCP server writes records `"<seq>:<send time in µs>"` at a fixed
@@ -111,6 +114,9 @@ enum SourceKind {
     Kafka,
     Socket,
     Rate,
+    /// No Sluice: the harness's producer writes straight to the output topic, so the row shows
+    /// the floor (producer → broker → read_committed consumer) on this machine.
+    Baseline,
 }
 
 impl SourceKind {
@@ -119,6 +125,7 @@ impl SourceKind {
             SourceKind::Kafka => "kafka",
             SourceKind::Socket => "socket",
             SourceKind::Rate => "rate",
+            SourceKind::Baseline => "baseline",
         }
     }
 }
@@ -255,11 +262,12 @@ fn parse_cases(args: &LatencyArgs) -> Result<Vec<Case>> {
             "kafka" => SourceKind::Kafka,
             "socket" => SourceKind::Socket,
             "rate" => SourceKind::Rate,
-            _ => return Err(usage(format!("--sources: unknown source `{s}`; use kafka, socket, rate"))),
+            "baseline" => SourceKind::Baseline,
+            _ => return Err(usage(format!("--sources: unknown source `{s}`; use kafka, socket, rate, baseline"))),
         });
     }
     if sources.is_empty() {
-        sources = vec![SourceKind::Kafka, SourceKind::Socket, SourceKind::Rate];
+        sources = vec![SourceKind::Baseline, SourceKind::Kafka, SourceKind::Socket, SourceKind::Rate];
     }
     let mut triggers = Vec::new();
     for t in flat(&args.triggers) {
@@ -289,6 +297,12 @@ fn parse_cases(args: &LatencyArgs) -> Result<Vec<Case>> {
     }
     let mut cases = Vec::new();
     for &source in &sources {
+        if source == SourceKind::Baseline {
+            // Neither trigger nor guarantee applies: one case per rate.
+            let (trigger, guarantee) = (TriggerKind::Default, Guarantee::AtLeastOnce);
+            cases.extend(rates.iter().map(|&rate| Case { source, trigger, guarantee, rate }));
+            continue;
+        }
         for &trigger in &triggers {
             for &guarantee in &guarantees {
                 for &rate in &rates {
@@ -336,12 +350,14 @@ fn pipeline(env: &Env, case: &Case, name: &str, topics: &Topics, port: u16, chec
         SourceKind::Rate => {
             t.push_str(&format!("format = \"rate\"\noptions = {{ rowsPerSecond = \"{}\" }}\n", case.rate))
         }
+        // Runs no pipeline; a rate source keeps the file valid.
+        SourceKind::Baseline => t.push_str("format = \"rate\"\n"),
     }
     t.push_str(&format!("\n[[transform]]\nplugin = {}\n", q(&env.identity.display().to_string())));
     match case.source {
         // Only the value: the source's `partition`/`topic` columns would steer the sink.
         SourceKind::Kafka => t.push_str("\n[[transform]]\nsql = \"SELECT value FROM input\"\n"),
-        SourceKind::Socket => {}
+        SourceKind::Socket | SourceKind::Baseline => {}
         SourceKind::Rate => t.push_str(&format!(
             "\n[[transform]]\nsql = {}\n",
             q("SELECT concat(CAST(value AS STRING), ':', CAST(unix_micros(timestamp) AS STRING)) AS value FROM input")
@@ -406,22 +422,13 @@ pub async fn run(args: &LatencyArgs) -> Result<()> {
     let _ = std::io::stdout().flush();
     let mut failed = 0usize;
     for (n, case) in cases.iter().copied().enumerate() {
-        let head = format!(
-            "| {} | {} | {} | {} |",
-            case.source.name(),
-            case.trigger.name(),
-            case.guarantee.name(),
-            thousands(case.rate)
-        );
-        let label = format!(
-            "case {}/{}: {} {} {} {}/s",
-            n + 1,
-            cases.len(),
-            case.source.name(),
-            case.trigger.name(),
-            case.guarantee.name(),
-            case.rate
-        );
+        let (trigger, guarantee) = match case.source {
+            SourceKind::Baseline => ("—", "no sluice"),
+            _ => (case.trigger.name(), case.guarantee.name()),
+        };
+        let head = format!("| {} | {trigger} | {guarantee} | {} |", case.source.name(), thousands(case.rate));
+        let label =
+            format!("case {}/{}: {} {} {} {}/s", n + 1, cases.len(), case.source.name(), trigger, guarantee, case.rate);
         if case.source == SourceKind::Socket && case.guarantee == Guarantee::ExactlyOnce {
             eprintln!("{label}: skipped (the socket source cannot replay)");
             println!("{}", note_row(&head, "skipped: the socket source cannot replay, so no exactly-once"));
@@ -821,7 +828,8 @@ impl Sender {
 
 /// The `sluice run` child; stopped (Ctrl-C, then kill) when dropped.
 struct Sluice {
-    child: Child,
+    /// None for the baseline, which runs no Sluice.
+    child: Option<Child>,
     log: PathBuf,
     stopped: bool,
 }
@@ -840,7 +848,12 @@ impl Sluice {
             .stderr(err)
             .spawn()
             .map_err(io_err(exe))?;
-        Ok(Sluice { child, log: log.to_path_buf(), stopped: false })
+        Ok(Sluice { child: Some(child), log: log.to_path_buf(), stopped: false })
+    }
+
+    /// Stands in for Sluice in the baseline case.
+    fn absent(log: &Path) -> Sluice {
+        Sluice { child: None, log: log.to_path_buf(), stopped: true }
     }
 
     fn tail(&self) -> String {
@@ -851,7 +864,8 @@ impl Sluice {
 
     /// An error (with the end of the child's log) if the child has exited.
     fn check(&mut self) -> Result<()> {
-        match self.child.try_wait() {
+        let Some(child) = &mut self.child else { return Ok(()) };
+        match child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(external(format!(
                 "sluice run exited ({status}); the end of {}:\n{}",
@@ -868,26 +882,27 @@ impl Sluice {
             return;
         }
         self.stopped = true;
-        if let Ok(None) = self.child.try_wait() {
+        let Some(child) = &mut self.child else { return };
+        if let Ok(None) = child.try_wait() {
             let _ = Command::new("kill")
                 .arg("-INT")
-                .arg(self.child.id().to_string())
+                .arg(child.id().to_string())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
-                match self.child.try_wait() {
+                match child.try_wait() {
                     Ok(None) => std::thread::sleep(Duration::from_millis(50)),
                     _ => break,
                 }
             }
-            if let Ok(None) = self.child.try_wait() {
-                eprintln!("warning: sluice (pid {}) did not stop within 15 s of SIGINT; killing it", self.child.id());
-                let _ = self.child.kill();
+            if let Ok(None) = child.try_wait() {
+                eprintln!("warning: sluice (pid {}) did not stop within 15 s of SIGINT; killing it", child.id());
+                let _ = child.kill();
             }
         }
-        let _ = self.child.wait();
+        let _ = child.wait();
     }
 }
 
@@ -1071,20 +1086,26 @@ fn run_case(env: &Env, case: &Case, n: usize, topics: &Topics, label: &str) -> R
     }
     let reader = Reader::start(&env.bootstrap, &format!("sluice-latency-{}-{n}", env.run), &topics.output, wanted)?;
     let mut sender = match case.source {
-        SourceKind::Kafka => {
+        SourceKind::Kafka | SourceKind::Baseline => {
             let producer: BaseProducer<Failures> = client(&env.bootstrap)
                 .set("linger.ms", "0")
                 .set("acks", "1")
                 .set("queue.buffering.max.messages", "1000000")
                 .create_with_context(Failures::default())
                 .map_err(kafka_err("producer"))?;
-            Sender::Kafka { producer, topic: topics.input.clone() }
+            let topic = if case.source == SourceKind::Baseline { &topics.output } else { &topics.input };
+            Sender::Kafka { producer, topic: topic.clone() }
         }
         SourceKind::Socket | SourceKind::Rate => Sender::None,
     };
 
-    eprintln!("{label}: sluice run {} (log {})", file.display(), log.display());
-    let mut sluice = Sluice::spawn(&env.exe, &file, &log)?;
+    let mut sluice = if case.source == SourceKind::Baseline {
+        eprintln!("{label}: no sluice: the harness writes to the output topic itself");
+        Sluice::absent(&log)
+    } else {
+        eprintln!("{label}: sluice run {} (log {})", file.display(), log.display());
+        Sluice::spawn(&env.exe, &file, &log)?
+    };
     if let Some(l) = &listener {
         let stream = accept(l, &mut sluice)?;
         sender = Sender::Socket { stream, buf: String::new() };

@@ -10,8 +10,9 @@
 //! checkpoint's `commits/N`, the rerun of batch N finds that marker and skips the batch, so
 //! `read_committed` consumers see every batch exactly once.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, BinaryArray, Int32Array, RecordBatch, StringArray};
@@ -19,7 +20,7 @@ use arrow_schema::{DataType, SchemaRef};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Offset as KOffset, TopicPartitionList};
 
@@ -32,10 +33,17 @@ const C: &str = "kafka sink";
 
 const OPTIONS: &[&str] = &["kafka.*", "topic", "deliveryGuarantee"];
 
-/// Records the first delivery failure; librdkafka reports each record's fate here.
+/// Counts the records handed to librdkafka and the delivery reports that came back, and keeps
+/// the first delivery failure. Reports arrive on the producer's polling thread
+/// ([`ThreadedProducer`]), which wakes whoever waits in [`await_acks`].
 #[derive(Default)]
 struct Delivery {
     failed: Mutex<Option<String>>,
+    /// Records accepted by `send` so far.
+    sent: AtomicU64,
+    /// Delivery reports so far (acknowledged or failed).
+    reported: Mutex<u64>,
+    report: Condvar,
 }
 
 impl ClientContext for Delivery {}
@@ -49,10 +57,17 @@ impl ProducerContext for Delivery {
                 f.get_or_insert_with(|| format!("delivery to {}-{} failed: {e}", m.topic(), m.partition()));
             }
         }
+        if let Ok(mut n) = self.reported.lock() {
+            *n += 1;
+        }
+        self.report.notify_all();
     }
 }
 
-type Prod = BaseProducer<Delivery>;
+/// A producer with its own polling thread: delivery reports are served as they arrive, so
+/// waiting for them blocks instead of polling (rust-rdkafka's `poll` rounds timeouts below a
+/// millisecond down to zero and spins until its deadline).
+type Prod = ThreadedProducer<Delivery>;
 
 struct Transactional {
     /// The marker consumer group (also the transactional id).
@@ -215,19 +230,32 @@ fn produce_all(
 fn await_acks(producer: &Prod, timeout: Duration) -> std::result::Result<(), String> {
     // Not `Producer::flush`: rust-rdkafka's flush polls in steps of 100 ms that run to their
     // end, so every batch would wait 100 ms for acknowledgements that take one.
-    let deadline = std::time::Instant::now() + timeout;
-    producer.poll(Duration::ZERO);
-    while producer.in_flight_count() > 0 {
-        if std::time::Instant::now() >= deadline {
-            return Err(format!(
-                "{} records not acknowledged within {} ms",
-                producer.in_flight_count(),
-                timeout.as_millis()
-            ));
+    let deadline = Instant::now() + timeout;
+    let ctx = producer.context();
+    let sent = ctx.sent.load(Ordering::Acquire);
+    let late = |left: i64| format!("{left} records not acknowledged within {} ms", timeout.as_millis());
+    let mut reported = ctx.reported.lock().map_err(|_| "delivery state poisoned".to_string())?;
+    while *reported < sent {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(late((sent - *reported) as i64));
         }
-        producer.poll(Duration::from_micros(200));
+        reported = ctx
+            .report
+            .wait_timeout(reported, (deadline - now).min(Duration::from_millis(100)))
+            .map_err(|_| "delivery state poisoned".to_string())?
+            .0;
     }
-    if let Some(f) = producer.context().failed.lock().map_err(|_| "delivery state poisoned".to_string())?.take() {
+    drop(reported);
+    // The last report's message is released just after its callback returns; until then
+    // librdkafka still counts it (and a transaction commit would flush in 100 ms steps).
+    while producer.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return Err(late(i64::from(producer.in_flight_count())));
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    if let Some(f) = ctx.failed.lock().map_err(|_| "delivery state poisoned".to_string())?.take() {
         return Err(f);
     }
     Ok(())
@@ -276,10 +304,14 @@ fn produce(producer: &Prod, topic: Option<&str>, data: &[RecordBatch]) -> std::r
             }
             loop {
                 match producer.send(rec) {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        producer.context().sent.fetch_add(1, Ordering::AcqRel);
+                        break;
+                    }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        // The polling thread frees the queue as reports come back.
                         rec = r;
-                        producer.poll(Duration::from_millis(10));
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                     Err((e, r)) => {
                         let hint = match (e.rdkafka_error_code(), r.partition) {
@@ -294,7 +326,6 @@ fn produce(producer: &Prod, topic: Option<&str>, data: &[RecordBatch]) -> std::r
             }
             n += 1;
         }
-        producer.poll(Duration::ZERO);
     }
     Ok(n)
 }

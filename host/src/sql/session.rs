@@ -20,7 +20,6 @@ use arrow_row::{RowConverter, SortField};
 use arrow_schema::{DataType, TimeUnit};
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{EmitTo, Expr};
-use datafusion::prelude::SessionContext;
 
 use super::expiry::EventTimeKey;
 use super::{Aggregator, conform, conform_columns, typed_rows, window};
@@ -180,18 +179,18 @@ type Output = (Vec<RecordBatch>, Option<RecordBatch>, Vec<ArrayRef>);
 
 impl Aggregator {
     /// A batch of a session-window aggregation (see the module docs).
-    pub(super) async fn process_sessions(&mut self, ctx: &SessionContext, mode: OutputMode) -> DfResult<Output> {
+    pub(super) async fn process_sessions(&mut self, mode: OutputMode) -> DfResult<Output> {
         let Some(mut s) = self.sessions.take() else {
             return Err(DataFusionError::Internal("not a session-window aggregation".into()));
         };
-        let result = self.sessions_batch(ctx, mode, &mut s).await;
+        let result = self.sessions_batch(mode, &mut s).await;
         self.sessions = Some(s);
         result
     }
 
-    async fn sessions_batch(&mut self, ctx: &SessionContext, mode: OutputMode, s: &mut Sessions) -> DfResult<Output> {
-        let batches = self.below.run(ctx).await?;
-        let schema = self.below.0.schema();
+    async fn sessions_batch(&mut self, mode: OutputMode, s: &mut Sessions) -> DfResult<Output> {
+        let batches = self.below.run().await?;
+        let schema = self.below.plan.schema();
         let batch = arrow_select::concat::concat_batches(&schema, &batches)?;
         let n = batch.num_rows();
         let keys = self.group_exprs.iter().map(|e| e.evaluate(&batch)?.into_array(n)).collect::<DfResult<Vec<_>>>()?;
@@ -381,7 +380,7 @@ impl Aggregator {
         };
         let Some(emit) = emit else { return Ok((Vec::new(), delta, removed)) };
         self.out.set(vec![self.finalize(&emit)?]);
-        let result = self.above.run(ctx).await;
+        let result = self.above.run().await;
         self.out.set(Vec::new());
         Ok((result?, delta, removed))
     }
