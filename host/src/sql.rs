@@ -232,8 +232,9 @@ impl CachedPlan {
 }
 
 /// A row-by-row plan (projections and filters over the scan) as operators applied to each
-/// scanned batch, bottom up: the physical expressions are the plan's own, so the output is the
-/// executor's, in input order.
+/// scanned batch, bottom up: the physical expressions are the plan's own, so the output has the
+/// executor's rows, in input order (the executor gives partition order, which interleaves
+/// slices of several input batches; nothing downstream of a stateless step may rely on either).
 struct Direct {
     slot: Slot,
     ops: Vec<DirectOp>,
@@ -314,7 +315,9 @@ impl Direct {
                     }
                 };
             }
-            if b.num_rows() > 0 {
+            if b.num_rows() > 0 && b.schema() == *schema {
+                out.push(b);
+            } else if b.num_rows() > 0 {
                 // The plan's schema exactly (names and metadata), as the executor gives it.
                 out.push(RecordBatch::try_new_with_options(
                     schema.clone(),

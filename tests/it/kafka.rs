@@ -817,4 +817,11 @@ async fn kafka_option_mistakes_are_reported_by_name() {
     let spec = sluice::PipelineSpec::from_toml(&text, "eos.toml", &repo()).expect("parses");
     let msg = session().validate(&spec).await.expect_err("needs checkpoint").to_string();
     assert!(msg.contains("checkpoint_location"), "{msg}");
+    // The sink knows a batch is written from every record's delivery report.
+    let text = format!(
+        "[source]\nformat = \"rate\"\n[[transform]]\nsql = \"SELECT CAST(value AS STRING) AS value FROM input\"\n[sink]\nformat = \"kafka\"\noptions = {{ \"kafka.bootstrap.servers\" = \"{bs}\", topic = \"o\", \"kafka.delivery.report.only.error\" = \"true\" }}\n"
+    );
+    let spec = sluice::PipelineSpec::from_toml(&text, "reports.toml", &repo()).expect("parses");
+    let msg = session().validate(&spec).await.expect_err("only-error reports").to_string();
+    assert!(msg.contains("kafka.delivery.report.only.error"), "{msg}");
 }

@@ -20,7 +20,7 @@ use arrow_schema::{DataType, SchemaRef};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Offset as KOffset, TopicPartitionList};
 
@@ -185,18 +185,33 @@ impl KafkaSink {
         if exactly_once && config.get("enable.idempotence") == Some("false") {
             return Err(options.invalid(C, "kafka.enable.idempotence", "exactly_once needs the idempotent producer"));
         }
+        if config.get("delivery.report.only.error").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            return Err(options.invalid(
+                C,
+                "kafka.delivery.report.only.error",
+                "the sink counts a batch as written when every record's delivery report is in; leave it false",
+            ));
+        }
         let timeout =
             Duration::from_millis(config.get("message.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(60_000))
                 + Duration::from_secs(5);
         // Check the configuration now (unknown keys, bad values), not at the first batch.
-        let probe: Prod = create_producer(options, &config)?;
+        let producer = if exactly_once {
+            // Only the check: the transactional producer is made at `start`. A plain producer
+            // is dropped at once (a threaded one would wait for its polling thread).
+            let _probe: BaseProducer<Delivery> =
+                create_with(C, options, &config, |c| BaseProducer::from_config_and_context(c, Delivery::default()))?;
+            None
+        } else {
+            Some(Arc::new(create_producer(options, &config)?))
+        };
         Ok(KafkaSink {
             servers,
             topic,
             exactly_once,
             options: options.clone(),
             config,
-            producer: (!exactly_once).then(|| Arc::new(probe)),
+            producer,
             txn: None,
             timeout,
             pause: crate::faults::Pauses::from_env().duration(),
@@ -209,8 +224,21 @@ impl KafkaSink {
     }
 }
 
+use rdkafka::config::FromClientConfigAndContext;
+
+/// Dropping a [`ThreadedProducer`] joins its polling thread (up to 100 ms) and flushes: not on
+/// a runtime worker.
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        if let Some(p) = self.producer.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            drop(rt.spawn_blocking(move || drop(p)));
+        }
+    }
+}
+
 fn create_producer(options: &Options, config: &ClientConfig) -> Result<Prod> {
-    use rdkafka::config::FromClientConfigAndContext;
     create_with(C, options, config, |c| Prod::from_config_and_context(c, Delivery::default()))
 }
 
