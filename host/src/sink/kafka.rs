@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, BinaryArray, Int32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, SchemaRef};
+use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -223,8 +224,6 @@ impl KafkaSink {
         options.get("deliveryGuarantee").is_some_and(|s| s.trim().eq_ignore_ascii_case("exactly_once"))
     }
 }
-
-use rdkafka::config::FromClientConfigAndContext;
 
 /// Dropping a [`ThreadedProducer`] joins its polling thread (up to 100 ms) and flushes: not on
 /// a runtime worker.
