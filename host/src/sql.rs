@@ -215,9 +215,9 @@ impl CachedPlan {
         Ok(CachedPlan { plan, task: ctx.task_ctx(), direct })
     }
 
-    /// Runs the plan and returns its output in partition order, so the same input always gives
-    /// the same rows in the same order (a coalesced stream interleaves partitions as they
-    /// finish).
+    /// Runs the plan on the slot's batches. The output order is fixed for a given input: the
+    /// direct path keeps input order; the executor's output comes in partition order (a
+    /// coalesced stream would interleave partitions as they finish).
     async fn run(&self) -> datafusion::error::Result<Vec<RecordBatch>> {
         if let Some(direct) = &self.direct {
             let input = direct.slot.get();
