@@ -7,6 +7,8 @@
 #
 #   scripts/bench-latency.sh                                   # every case (about 10 minutes)
 #   scripts/bench-latency.sh --sources kafka --rates 10k --triggers continuous --seconds 5
+#   scripts/bench-latency.sh --sources socket,kafka --sinks console --guarantees at-least-once
+#                                       # Sluice's own share: its stdout read, no broker after it
 #
 # Arguments go to `sluice bench latency`. Builds the plugins and the release binary first.
 # The broker runs on 127.0.0.1:${SLUICE_KAFKA_PORT:-9192} (the controller on port+1) and is

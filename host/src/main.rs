@@ -154,6 +154,10 @@ enum Command {
         /// `latency`: Kafka sink guarantees, of at-least-once, exactly-once (default: both).
         #[arg(long, value_delimiter = ',')]
         guarantees: Vec<String>,
+        /// `latency`: sinks, of kafka (read by a read_committed consumer), console (read from
+        /// Sluice's standard output) (default: kafka).
+        #[arg(long, value_delimiter = ',')]
+        sinks: Vec<String>,
         /// `latency`: the continuous trigger's epoch interval.
         #[arg(long, default_value = "100ms")]
         continuous_interval: String,
@@ -492,6 +496,7 @@ async fn run(command: Command) -> sluice::Result<()> {
             seconds,
             triggers,
             guarantees,
+            sinks,
             continuous_interval,
             ..
         } => match section.as_str() {
@@ -503,6 +508,7 @@ async fn run(command: Command) -> sluice::Result<()> {
                     seconds,
                     triggers,
                     guarantees,
+                    sinks,
                     continuous_interval,
                     plugins,
                     dir,

@@ -687,3 +687,59 @@ async fn continuous_rate_to_plugin_reports_latency() {
         "noop sink: median per-epoch p50 latency {median} ms, not under {quarter} ms: rows seem to wait for epoch ends (p50s {p50s:?})"
     );
 }
+
+/// The console sink prints each chunk as it comes in continuous mode: with an epoch of an hour,
+/// rows (and several tables of the same epoch) must show on `sluice run`'s stdout within seconds.
+#[test]
+fn continuous_console_prints_rows_as_they_come() {
+    let dir = tempdir("continuous-console");
+    let file = dir.join("console.toml");
+    std::fs::write(
+        &file,
+        "name = \"continuous-console\"\n[source]\nformat = \"rate\"\noptions = { rowsPerSecond = \"20\" }\n\
+         [sink]\nformat = \"console\"\noutput_mode = \"append\"\n[trigger]\ncontinuous = \"1h\"\n",
+    )
+    .expect("write the pipeline file");
+    let mut child = Command::new(sluice_bin())
+        .arg("run")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sluice");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut headers, mut rows, mut seen) = (Vec::new(), 0usize, Vec::new());
+    while (headers.len() < 3 || rows < 3) && Instant::now() < deadline {
+        match lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                if let Some(id) = line.strip_prefix("Batch: ") {
+                    headers.push(id.trim().to_string());
+                } else if line.starts_with("| ") && !line.contains("timestamp") {
+                    rows += 1;
+                }
+                seen.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = seen.join("\n");
+    assert!(
+        headers.len() >= 3 && rows >= 3,
+        "within 60 s of starting, stdout shows {} tables and {rows} rows, not 3 of each: the console sink \
+         seems to wait for the epoch's end (an hour). stdout:\n{out}",
+        headers.len()
+    );
+    assert!(headers.iter().all(|h| *h == headers[0]), "the tables are not all of the first epoch: {headers:?}\n{out}");
+}

@@ -3,11 +3,12 @@
 //!
 //! # What is measured, and from where
 //!
-//! Every case is one pipeline `source → identity plugin (Wasm) → [SQL] → Kafka sink`, run by a
+//! Every case is one pipeline `source → identity plugin (Wasm) → [SQL] → sink`, run by a
 //! separate `sluice run` process (this very binary), for each combination of source (`kafka`,
-//! `socket`, `rate`), trigger (the default micro-batch trigger, or `continuous`), delivery
-//! guarantee of the Kafka sink (at-least-once, or exactly-once with one transaction per batch or
-//! epoch) and input rate (records per second). Each case gets fresh topics (1 partition each)
+//! `socket`, `rate`), sink (`kafka`, or `console`: Sluice's standard output), trigger (the
+//! default micro-batch trigger, or `continuous`), delivery guarantee of the Kafka sink
+//! (at-least-once, or exactly-once with one transaction per batch or epoch) and input rate
+//! (records per second). Each case gets fresh topics (1 partition each)
 //! and a fresh checkpoint, so both guarantees pay the same checkpoint logs. The `baseline`
 //! "source" runs no Sluice at all: the harness's producer writes to the output topic and its
 //! consumer reads it, which is the floor the other rows stand on (the same broker, clients and
@@ -19,8 +20,10 @@
 //! just before it is handed to librdkafka or written to the socket), and its own consumer
 //! (`isolation.level=read_committed`, so exactly-once output counts only once its transaction
 //! commits) reads the output topic from the beginning and stamps each record with the wall
-//! clock when `poll` returns it. Latency = receive time − send time, both from this process's
-//! clock. The `rate` source is not fed by the harness: a SQL step writes each row as
+//! clock when `poll` returns it. With the console sink the harness reads the child's standard
+//! output instead, line by line, and stamps each table row `| <seq>:<micros> |` when its line is
+//! read: no broker on the way out, so the figure is what Sluice itself adds to the source's
+//! hop. Latency = receive time − send time, both from this process's clock. The `rate` source is not fed by the harness: a SQL step writes each row as
 //! `"<value>:<timestamp in µs>"`, where the timestamp is the row's due time (`start + i /
 //! rowsPerSecond`), so its latency is receive time − due time; both clocks are the same
 //! machine's wall clock.
@@ -48,18 +51,19 @@
 //! own producer and consumer compete with Sluice for CPU. The consumer fetches with
 //! `fetch.wait.max.ms=10`, which bounds what the broker's long poll could add.
 //! Socket cases run with a checkpoint and `atMostOnce = "true"` (the socket cannot replay), so
-//! they pay the same logs; socket × exactly-once is impossible and skipped. The Kafka source
-//! starts at `earliest` of its fresh input topic, so no warm-up record is skipped by a late
-//! offset lookup. After each case Sluice gets SIGINT (which `sluice run` handles as Ctrl-C,
+//! they pay the same logs; socket × exactly-once and console × exactly-once are impossible and
+//! skipped. The Kafka source starts at `earliest` of its fresh input topic, so no warm-up
+//! record is skipped by a late offset lookup. After each case Sluice gets SIGINT (which `sluice run` handles as Ctrl-C,
 //! stopping its query cleanly), SIGKILL if it has not exited 15 s later, and the topics are
-//! deleted; pipeline files and logs stay under `<dir>/latency-<run id>/`.
+//! deleted; pipeline files and logs stay under `<dir>/latency-<run id>/` (with the console sink,
+//! the log holds stderr only).
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::net::{TcpListener, TcpStream};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
@@ -89,7 +93,8 @@ const SKIP_US: i64 = 1_000_000;
 /// comma-separated (`"kafka,rate"`).
 #[derive(Debug, Clone, Default)]
 pub struct LatencyArgs {
-    /// The broker (`host:port`); required, the sink is always a Kafka topic.
+    /// The broker (`host:port`); required unless every case runs without Kafka (socket or rate
+    /// source into the console sink).
     pub kafka: Option<String>,
     /// `kafka`, `socket`, `rate`.
     pub sources: Vec<String>,
@@ -101,6 +106,8 @@ pub struct LatencyArgs {
     pub triggers: Vec<String>,
     /// `at-least-once`, `exactly-once` (underscores accepted).
     pub guarantees: Vec<String>,
+    /// `kafka`, `console` (default: kafka).
+    pub sinks: Vec<String>,
     /// The continuous trigger's epoch interval, e.g. `100ms`.
     pub continuous_interval: String,
     /// The directory holding `identity.wasm`.
@@ -145,6 +152,25 @@ impl TriggerKind {
     }
 }
 
+/// Where Sluice writes, and so where the harness reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SinkKind {
+    /// A Kafka topic, read by the harness's `read_committed` consumer.
+    Kafka,
+    /// The console sink: Sluice's standard output, read line by line by the harness (no broker
+    /// on the way out, so the row shows what Sluice itself adds).
+    Console,
+}
+
+impl SinkKind {
+    fn name(self) -> &'static str {
+        match self {
+            SinkKind::Kafka => "kafka",
+            SinkKind::Console => "console",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Guarantee {
     AtLeastOnce,
@@ -169,14 +195,23 @@ impl Guarantee {
 #[derive(Debug, Clone, Copy)]
 struct Case {
     source: SourceKind,
+    sink: SinkKind,
     trigger: TriggerKind,
     guarantee: Guarantee,
     rate: u64,
 }
 
+impl Case {
+    /// Whether the case needs the broker.
+    fn uses_kafka(&self) -> bool {
+        matches!(self.source, SourceKind::Kafka | SourceKind::Baseline) || self.sink == SinkKind::Kafka
+    }
+}
+
 /// What every case shares.
 #[derive(Debug, Clone)]
 struct Env {
+    /// Empty when no case uses Kafka.
     bootstrap: String,
     exe: PathBuf,
     identity: PathBuf,
@@ -291,6 +326,17 @@ fn parse_cases(args: &LatencyArgs) -> Result<Vec<Case>> {
     if guarantees.is_empty() {
         guarantees = vec![Guarantee::AtLeastOnce, Guarantee::ExactlyOnce];
     }
+    let mut sinks = Vec::new();
+    for k in flat(&args.sinks) {
+        sinks.push(match k.as_str() {
+            "kafka" => SinkKind::Kafka,
+            "console" => SinkKind::Console,
+            _ => return Err(usage(format!("--sinks: unknown sink `{k}`; use kafka, console"))),
+        });
+    }
+    if sinks.is_empty() {
+        sinks = vec![SinkKind::Kafka];
+    }
     let mut rates = flat(&args.rates).iter().map(|r| parse_rate(r)).collect::<Result<Vec<_>>>()?;
     if rates.is_empty() {
         rates = vec![1_000, 10_000, 100_000];
@@ -299,14 +345,16 @@ fn parse_cases(args: &LatencyArgs) -> Result<Vec<Case>> {
     for &source in &sources {
         if source == SourceKind::Baseline {
             // Neither trigger nor guarantee applies: one case per rate.
-            let (trigger, guarantee) = (TriggerKind::Default, Guarantee::AtLeastOnce);
-            cases.extend(rates.iter().map(|&rate| Case { source, trigger, guarantee, rate }));
+            let (sink, trigger, guarantee) = (SinkKind::Kafka, TriggerKind::Default, Guarantee::AtLeastOnce);
+            cases.extend(rates.iter().map(|&rate| Case { source, sink, trigger, guarantee, rate }));
             continue;
         }
-        for &trigger in &triggers {
-            for &guarantee in &guarantees {
-                for &rate in &rates {
-                    cases.push(Case { source, trigger, guarantee, rate });
+        for &sink in &sinks {
+            for &trigger in &triggers {
+                for &guarantee in &guarantees {
+                    for &rate in &rates {
+                        cases.push(Case { source, sink, trigger, guarantee, rate });
+                    }
                 }
             }
         }
@@ -356,7 +404,11 @@ fn pipeline(env: &Env, case: &Case, name: &str, topics: &Topics, port: u16, chec
     t.push_str(&format!("\n[[transform]]\nplugin = {}\n", q(&env.identity.display().to_string())));
     match case.source {
         // Only the value: the source's `partition`/`topic` columns would steer the sink.
-        SourceKind::Kafka => t.push_str("\n[[transform]]\nsql = \"SELECT value FROM input\"\n"),
+        SourceKind::Kafka => t.push_str(match case.sink {
+            SinkKind::Kafka => "\n[[transform]]\nsql = \"SELECT value FROM input\"\n",
+            // The console prints bytes as hex.
+            SinkKind::Console => "\n[[transform]]\nsql = \"SELECT CAST(value AS STRING) AS value FROM input\"\n",
+        }),
         SourceKind::Socket | SourceKind::Baseline => {}
         SourceKind::Rate => t.push_str(&format!(
             "\n[[transform]]\nsql = {}\n",
@@ -367,10 +419,16 @@ fn pipeline(env: &Env, case: &Case, name: &str, topics: &Topics, port: u16, chec
         Guarantee::AtLeastOnce => "",
         Guarantee::ExactlyOnce => ", deliveryGuarantee = \"exactly_once\"",
     };
-    t.push_str(&format!(
-        "\n[sink]\nformat = \"kafka\"\noutput_mode = \"append\"\noptions = {{ \"kafka.bootstrap.servers\" = {bs}, topic = {}{guarantee} }}\n",
-        q(&topics.output)
-    ));
+    match case.sink {
+        SinkKind::Kafka => t.push_str(&format!(
+            "\n[sink]\nformat = \"kafka\"\noutput_mode = \"append\"\noptions = {{ \"kafka.bootstrap.servers\" = {bs}, topic = {}{guarantee} }}\n",
+            q(&topics.output)
+        )),
+        // Every row, whole: the harness parses them.
+        SinkKind::Console => t.push_str(
+            "\n[sink]\nformat = \"console\"\noutput_mode = \"append\"\noptions = { numRows = \"1000000000\", truncate = \"false\" }\n",
+        ),
+    }
     if case.trigger == TriggerKind::Continuous {
         t.push_str(&format!("\n[trigger]\ncontinuous = {}\n", q(&env.interval)));
     }
@@ -380,23 +438,40 @@ fn pipeline(env: &Env, case: &Case, name: &str, topics: &Topics, port: u16, chec
 struct Topics {
     /// Only the Kafka source reads it; created only then.
     input: String,
+    /// Only the Kafka sink writes it; created only then.
     output: String,
+}
+
+impl Topics {
+    /// The topics the case creates.
+    fn wanted(&self, case: &Case) -> Vec<String> {
+        let mut wanted = Vec::new();
+        if matches!(case.sink, SinkKind::Kafka) || case.source == SourceKind::Baseline {
+            wanted.push(self.output.clone());
+        }
+        if case.source == SourceKind::Kafka {
+            wanted.push(self.input.clone());
+        }
+        wanted
+    }
 }
 
 /// Runs every case and prints one Markdown table row per case.
 pub async fn run(args: &LatencyArgs) -> Result<()> {
-    let Some(bootstrap) = args.kafka.clone().filter(|k| !k.trim().is_empty()) else {
-        return Err(usage(
-            "sluice bench latency needs --kafka HOST:PORT: every case writes to a Kafka topic that the harness reads \
-             (scripts/bench-latency.sh starts a local broker and passes it)",
-        ));
-    };
     if args.seconds < 2 {
         return Err(usage("--seconds must be at least 2 (the first second of each case is not measured)"));
     }
     let interval = args.continuous_interval.trim().to_string();
     crate::options::parse_duration(&interval).map_err(|e| usage(format!("--continuous-interval: {e}")))?;
     let cases = parse_cases(args)?;
+    let bootstrap = args.kafka.clone().filter(|k| !k.trim().is_empty()).unwrap_or_default();
+    if bootstrap.is_empty() && cases.iter().any(Case::uses_kafka) {
+        return Err(usage(
+            "sluice bench latency needs --kafka HOST:PORT for the Kafka source, the Kafka sink and the baseline \
+             (scripts/bench-latency.sh starts a local broker and passes it); only socket or rate into \
+             `--sinks console` runs without one",
+        ));
+    }
     let plugins = std::path::absolute(&args.plugins).map_err(io_err(&args.plugins))?;
     let identity = super::plugin_path(&plugins, "identity")?;
     let exe = std::env::current_exe().map_err(|source| Error::Io { path: "current_exe".into(), source })?;
@@ -406,19 +481,22 @@ pub async fn run(args: &LatencyArgs) -> Result<()> {
     std::fs::create_dir_all(&work).map_err(io_err(&work))?;
     let env =
         Env { bootstrap: bootstrap.clone(), exe, identity, work: work.clone(), seconds: args.seconds, interval, run };
-    let admin: AdminClient<DefaultClientContext> =
-        client(&bootstrap).create().map_err(kafka_err("Kafka admin client"))?;
+    let admin: Option<AdminClient<DefaultClientContext>> = if bootstrap.is_empty() {
+        None
+    } else {
+        Some(client(&bootstrap).create().map_err(kafka_err("Kafka admin client"))?)
+    };
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     eprintln!("bench latency: {} cases, {} s each, work directory {}", cases.len(), env.seconds, work.display());
     println!(
-        "\n## End-to-end latency (source → identity plugin → Kafka sink, read_committed consumer; 1 partition, local broker, {cores} cores, {} s per case)\n",
+        "\n## End-to-end latency (source → identity plugin → sink: a Kafka topic read by a read_committed consumer, or the console read from Sluice's stdout; 1 partition, local broker, {cores} cores, {} s per case)\n",
         env.seconds
     );
     println!(
-        "| source | trigger | guarantee | rate/s | sent/s | sent | received | lost | dup | p50 ms | p95 ms | p99 ms | max ms | p50 last s | keeps up |"
+        "| source | sink | trigger | guarantee | rate/s | sent/s | sent | received | lost | dup | p50 ms | p95 ms | p99 ms | max ms | p50 last s | keeps up |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let _ = std::io::stdout().flush();
     let mut failed = 0usize;
     for (n, case) in cases.iter().copied().enumerate() {
@@ -426,21 +504,30 @@ pub async fn run(args: &LatencyArgs) -> Result<()> {
             SourceKind::Baseline => ("—", "no sluice"),
             _ => (case.trigger.name(), case.guarantee.name()),
         };
-        let head = format!("| {} | {trigger} | {guarantee} | {} |", case.source.name(), thousands(case.rate));
-        let label =
-            format!("case {}/{}: {} {} {} {}/s", n + 1, cases.len(), case.source.name(), trigger, guarantee, case.rate);
-        if case.source == SourceKind::Socket && case.guarantee == Guarantee::ExactlyOnce {
-            eprintln!("{label}: skipped (the socket source cannot replay)");
-            println!("{}", note_row(&head, "skipped: the socket source cannot replay, so no exactly-once"));
-            continue;
+        let (source, sink) = (case.source.name(), case.sink.name());
+        let head = format!("| {source} | {sink} | {trigger} | {guarantee} | {} |", thousands(case.rate));
+        let label = format!("case {}/{}: {source} → {sink} {trigger} {guarantee} {}/s", n + 1, cases.len(), case.rate);
+        if case.guarantee == Guarantee::ExactlyOnce && case.source != SourceKind::Baseline {
+            let why = match (case.source, case.sink) {
+                (SourceKind::Socket, _) => Some("the socket source cannot replay, so no exactly-once"),
+                (_, SinkKind::Console) => Some("the console sink has no exactly-once"),
+                _ => None,
+            };
+            if let Some(why) = why {
+                eprintln!("{label}: skipped ({why})");
+                println!("{}", note_row(&head, &format!("skipped: {why}")));
+                continue;
+            }
         }
         eprintln!("{label}: starting");
         let topics = Topics { input: format!("lat-in-{}-{n}", env.run), output: format!("lat-out-{}-{n}", env.run) };
-        let mut wanted = vec![topics.output.clone()];
-        if case.source == SourceKind::Kafka {
-            wanted.push(topics.input.clone());
-        }
-        let result = match create_topics(&admin, &wanted).await {
+        let wanted = topics.wanted(&case);
+        let created = match (&admin, wanted.is_empty()) {
+            (_, true) => Ok(()),
+            (Some(admin), false) => create_topics(admin, &wanted).await,
+            (None, false) => Err(Error::Internal("bench latency: topics wanted without a broker".into())),
+        };
+        let result = match created {
             Ok(()) => {
                 let (env, label) = (env.clone(), label.clone());
                 let (input, output) = (topics.input.clone(), topics.output.clone());
@@ -450,7 +537,9 @@ pub async fn run(args: &LatencyArgs) -> Result<()> {
             }
             Err(e) => Err(e),
         };
-        delete_topics(&admin, &wanted).await;
+        if let Some(admin) = admin.as_ref().filter(|_| !wanted.is_empty()) {
+            delete_topics(admin, &wanted).await;
+        }
         match result {
             Ok(o) => {
                 eprintln!(
@@ -472,7 +561,8 @@ pub async fn run(args: &LatencyArgs) -> Result<()> {
         let _ = std::io::stdout().flush();
     }
     println!(
-        "\nLatency = receive time at an independent read_committed consumer − send time at an independent producer \
+        "\nLatency = receive time at an independent read_committed consumer (console: when the harness reads the \
+         row's line from Sluice's stdout) − send time at an independent producer \
          (rate: − the row's due time); percentiles leave out each case's first second. \
          keeps up = nothing lost, ≥ 95% of the rate sent, last second's p50 ≤ 2 × p50 + 5 ms. \
          Socket cases: checkpoint with atMostOnce. Logs and pipeline files: {}",
@@ -619,22 +709,65 @@ struct Inbox {
     error: Option<String>,
 }
 
+impl Inbox {
+    fn record(&mut self, seq: i64, sent_us: i64, recv_us: i64) {
+        self.samples.push(Sample { seq, sent_us, recv_us });
+        if self.seen.insert(seq) {
+            if seq < 0 {
+                self.warm_up += 1;
+            } else {
+                self.measured += 1;
+            }
+        }
+        self.max_seq = Some(self.max_seq.map_or(seq, |m| m.max(seq)));
+    }
+}
+
 fn parse_record(payload: &[u8]) -> Option<(i64, i64)> {
     let text = std::str::from_utf8(payload).ok()?;
     let (seq, sent) = text.trim().split_once(':')?;
     Some((seq.parse().ok()?, sent.parse().ok()?))
 }
 
-/// The read_committed consumer of the output topic, on its own thread.
+/// A console table row `| <seq>:<micros> |` (the header, borders and `Batch: N` lines are not).
+fn table_row(line: &[u8]) -> Option<(i64, i64)> {
+    let inner = line.trim_ascii().strip_prefix(b"|")?.strip_suffix(b"|")?;
+    parse_record(inner)
+}
+
+/// What the harness reads Sluice's output with, on its own thread: the read_committed consumer
+/// of the output topic, or Sluice's standard output (console sink).
 struct Reader {
     inbox: Arc<Mutex<Inbox>>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
+    /// Where the output is read, for messages.
+    what: &'static str,
+    /// A thread reading a pipe ends only at its end (the child's exit): dropping the reader early
+    /// (an error) must not wait for it.
+    join_on_drop: bool,
 }
 
 impl Reader {
+    /// Reads the console sink's table rows from Sluice's standard output as they are printed.
+    fn lines(out: ChildStdout) -> Result<Reader> {
+        let inbox: Arc<Mutex<Inbox>> = Arc::default();
+        let inbox2 = inbox.clone();
+        let handle = std::thread::Builder::new()
+            .name("latency-stdout".into())
+            .spawn(move || read_lines(out, &inbox2))
+            .map_err(|source| Error::Io { path: "latency-stdout thread".into(), source })?;
+        Ok(Reader {
+            inbox,
+            stop: Arc::default(),
+            handle: Some(handle),
+            what: "Sluice's standard output (console sink)",
+            join_on_drop: false,
+        })
+    }
+
     /// Starts the consumer; returns once the topics exist and the output partition is assigned.
-    fn start(bootstrap: &str, group: &str, output: &str, topics: Vec<String>) -> Result<Reader> {
+    fn kafka(bootstrap: &str, group: &str, output: &str, topics: Vec<String>) -> Result<Reader> {
         let inbox: Arc<Mutex<Inbox>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
@@ -644,7 +777,7 @@ impl Reader {
             .name("latency-consumer".into())
             .spawn(move || consume(&bs, &group, &out, &topics, &inbox2, &stop2, &ready_tx))
             .map_err(|source| Error::Io { path: "latency-consumer thread".into(), source })?;
-        let reader = Reader { inbox, stop, handle: Some(handle) };
+        let reader = Reader { inbox, stop, handle: Some(handle), what: "the output topic", join_on_drop: true };
         match ready_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(Ok(())) => Ok(reader),
             Ok(Err(e)) => Err(e),
@@ -656,15 +789,17 @@ impl Reader {
         lock(&self.inbox)
     }
 
-    /// Stops the consumer and hands over what it read.
+    /// Stops the reader and hands over what it read (a stdout reader: once Sluice has exited).
     fn finish(mut self) -> Inbox {
-        self.halt();
+        self.halt(true);
         std::mem::take(&mut *lock(&self.inbox))
     }
 
-    fn halt(&mut self) {
+    fn halt(&mut self, join: bool) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
+        if let Some(h) = self.handle.take()
+            && join
+        {
             let _ = h.join();
         }
     }
@@ -672,7 +807,29 @@ impl Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        self.halt();
+        self.halt(self.join_on_drop);
+    }
+}
+
+/// Reads Sluice's standard output to its end, stamping each table row as its line arrives.
+fn read_lines(out: ChildStdout, inbox: &Mutex<Inbox>) {
+    let mut r = std::io::BufReader::new(out);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                let recv_us = now_us();
+                if let Some((seq, sent_us)) = table_row(&line) {
+                    lock(inbox).record(seq, sent_us, recv_us);
+                }
+            }
+            Err(e) => {
+                lock(inbox).error = Some(e.to_string());
+                return;
+            }
+        }
     }
 }
 
@@ -716,17 +873,7 @@ fn consume(
                 let parsed = m.payload().and_then(parse_record);
                 let mut b = lock(inbox);
                 match parsed {
-                    Some((seq, sent_us)) => {
-                        b.samples.push(Sample { seq, sent_us, recv_us });
-                        if b.seen.insert(seq) {
-                            if seq < 0 {
-                                b.warm_up += 1;
-                            } else {
-                                b.measured += 1;
-                            }
-                        }
-                        b.max_seq = Some(b.max_seq.map_or(seq, |m| m.max(seq)));
-                    }
+                    Some((seq, sent_us)) => b.record(seq, sent_us, recv_us),
                     None => b.malformed += 1,
                 }
             }
@@ -835,9 +982,11 @@ struct Sluice {
 }
 
 impl Sluice {
-    fn spawn(exe: &Path, file: &Path, log: &Path) -> Result<Sluice> {
-        let out = std::fs::File::create(log).map_err(io_err(log))?;
-        let err = out.try_clone().map_err(io_err(log))?;
+    /// Starts `sluice run`; its standard output goes to the log too, or to a pipe
+    /// ([`Sluice::take_stdout`]) when `pipe_stdout`.
+    fn spawn(exe: &Path, file: &Path, log: &Path, pipe_stdout: bool) -> Result<Sluice> {
+        let err = std::fs::File::create(log).map_err(io_err(log))?;
+        let out = if pipe_stdout { Stdio::piped() } else { Stdio::from(err.try_clone().map_err(io_err(log))?) };
         let child = Command::new(exe)
             .arg("run")
             .arg(file)
@@ -849,6 +998,10 @@ impl Sluice {
             .spawn()
             .map_err(io_err(exe))?;
         Ok(Sluice { child: Some(child), log: log.to_path_buf(), stopped: false })
+    }
+
+    fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
     }
 
     /// Stands in for Sluice in the baseline case.
@@ -961,7 +1114,8 @@ fn warm_up(sender: &mut Sender, reader: &Reader, sluice: &mut Sluice) -> Result<
         if started.elapsed() > WARM_UP_TIMEOUT {
             let consumer = reader.inbox().error.clone().map(|e| format!(" (consumer error: {e})")).unwrap_or_default();
             return Err(external(format!(
-                "nothing reached the output topic within {} s of starting sluice{consumer}; the end of {}:\n{}",
+                "nothing reached {} within {} s{consumer}; the end of {}:\n{}",
+                reader.what,
                 WARM_UP_TIMEOUT.as_secs(),
                 sluice.log.display(),
                 sluice.tail()
@@ -1077,14 +1231,16 @@ fn run_case(env: &Env, case: &Case, n: usize, topics: &Topics, label: &str) -> R
         Some(l) => l.local_addr().map_err(|e| external(format!("socket address: {e}")))?.port(),
         None => 0,
     };
-    let name = format!("latency-{}-{}", env.run, n + 1);
-    std::fs::write(&file, pipeline(env, case, &name, topics, port, &checkpoint)).map_err(io_err(&file))?;
-
-    let mut wanted = vec![topics.output.clone()];
-    if case.source == SourceKind::Kafka {
-        wanted.push(topics.input.clone());
+    if case.source != SourceKind::Baseline {
+        let name = format!("latency-{}-{}", env.run, n + 1);
+        std::fs::write(&file, pipeline(env, case, &name, topics, port, &checkpoint)).map_err(io_err(&file))?;
     }
-    let reader = Reader::start(&env.bootstrap, &format!("sluice-latency-{}-{n}", env.run), &topics.output, wanted)?;
+
+    let group = format!("sluice-latency-{}-{n}", env.run);
+    let consumer = match case.sink {
+        SinkKind::Kafka => Some(Reader::kafka(&env.bootstrap, &group, &topics.output, topics.wanted(case))?),
+        SinkKind::Console => None,
+    };
     let mut sender = match case.source {
         SourceKind::Kafka | SourceKind::Baseline => {
             let producer: BaseProducer<Failures> = client(&env.bootstrap)
@@ -1104,7 +1260,15 @@ fn run_case(env: &Env, case: &Case, n: usize, topics: &Topics, label: &str) -> R
         Sluice::absent(&log)
     } else {
         eprintln!("{label}: sluice run {} (log {})", file.display(), log.display());
-        Sluice::spawn(&env.exe, &file, &log)?
+        Sluice::spawn(&env.exe, &file, &log, case.sink == SinkKind::Console)?
+    };
+    let reader = match consumer {
+        Some(r) => r,
+        None => Reader::lines(
+            sluice
+                .take_stdout()
+                .ok_or_else(|| Error::Internal("bench latency: sluice's stdout is not piped".into()))?,
+        )?,
     };
     if let Some(l) = &listener {
         let stream = accept(l, &mut sluice)?;
@@ -1232,6 +1396,9 @@ mod tests {
         assert!(!o.keeps_up);
         assert_eq!(pct(&[1, 2, 3, 4], 50.0), 2);
         assert_eq!(parse_record(b"12:345"), Some((12, 345)));
+        assert_eq!(table_row(b"| 12:345      |\n"), Some((12, 345)));
+        assert_eq!(table_row(b"| value |\n"), None);
+        assert_eq!(table_row(b"+-------+\n"), None);
         assert_eq!(parse_rate("10k").ok(), Some(10_000));
     }
 
@@ -1248,12 +1415,14 @@ mod tests {
         };
         let topics = Topics { input: "in".into(), output: "out".into() };
         for source in [SourceKind::Kafka, SourceKind::Socket, SourceKind::Rate] {
-            for trigger in [TriggerKind::Default, TriggerKind::Continuous] {
-                for guarantee in [Guarantee::AtLeastOnce, Guarantee::ExactlyOnce] {
-                    let case = Case { source, trigger, guarantee, rate: 1000 };
-                    let text = pipeline(&env, &case, "n", &topics, 9999, Path::new("/w/ck"));
-                    let spec = crate::PipelineSpec::from_toml(&text, "p.toml", Path::new("/w"));
-                    assert!(spec.is_ok(), "{text}\n{:?}", spec.err());
+            for sink in [SinkKind::Kafka, SinkKind::Console] {
+                for trigger in [TriggerKind::Default, TriggerKind::Continuous] {
+                    for guarantee in [Guarantee::AtLeastOnce, Guarantee::ExactlyOnce] {
+                        let case = Case { source, sink, trigger, guarantee, rate: 1000 };
+                        let text = pipeline(&env, &case, "n", &topics, 9999, Path::new("/w/ck"));
+                        let spec = crate::PipelineSpec::from_toml(&text, "p.toml", Path::new("/w"));
+                        assert!(spec.is_ok(), "{text}\n{:?}", spec.err());
+                    }
                 }
             }
         }

@@ -97,9 +97,27 @@ impl Sink for ConsoleSink {
         _: OutputMode,
     ) -> Result<()> {
         let text = render(batch_id, schema, &data, self.num_rows, self.truncate)?;
-        let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes())
-            .and_then(|_| out.flush())
-            .map_err(|e| Error::Sink { sink: "console".into(), message: e.to_string() })
+        print(&text)
     }
+
+    fn streams_chunks(&self) -> bool {
+        true
+    }
+
+    /// Continuous trigger: each chunk with rows is printed as it comes, under its epoch's
+    /// `Batch: N` header (an epoch may print several tables; an empty epoch prints none).
+    async fn write_chunk(&mut self, meta: &super::BatchMeta, data: crate::source::Partitioned) -> Result<bool> {
+        let data: Vec<RecordBatch> = data.into_iter().map(|(_, b)| b).filter(|b| b.num_rows() > 0).collect();
+        if !data.is_empty() {
+            print(&render(meta.batch_id, &meta.schema, &data, self.num_rows, self.truncate)?)?;
+        }
+        Ok(true)
+    }
+}
+
+fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::Sink { sink: "console".into(), message: e.to_string() })
 }
