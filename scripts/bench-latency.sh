@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end latency from outside Sluice (issue 13): `sluice bench latency` against a local
 # Kafka broker. Each case runs `sluice run` on a pipeline (kafka | socket | rate source ->
-# identity plugin -> Kafka sink) at a fixed rate, for the default and the continuous trigger,
-# at-least-once and exactly-once, and prints p50/p95/p99/max latency and whether it keeps up as
-# a Markdown table (stdout; progress on stderr). See host/src/bench/latency.rs for the method.
+# identity plugin -> Kafka sink, or the console sink with --sinks console) at a fixed rate, for
+# the default and the continuous trigger, at-least-once and exactly-once, and prints
+# p50/p95/p99/max latency, Sluice's CPU and whether it keeps up as a Markdown table (stdout;
+# progress on stderr). See host/src/bench/latency.rs for the method. (Socket or rate into the
+# console needs no broker: `sluice bench latency --sources socket,rate --sinks console` on its
+# own runs without one.)
 #
 #   scripts/bench-latency.sh                                   # every case (about 10 minutes)
 #   scripts/bench-latency.sh --sources kafka --rates 10k --triggers continuous --seconds 5

@@ -108,7 +108,8 @@ enum Command {
     /// Run the word-count benchmark and print the figures; `sluice bench latency --kafka HOST:PORT`
     /// measures end-to-end latency of `sluice run` processes from outside.
     Bench {
-        /// A section run on its own: `latency` (end-to-end latency from outside; needs --kafka).
+        /// A section run on its own: `latency` (end-to-end latency from outside; needs --kafka
+        /// unless only socket or rate sources write to `--sinks console`).
         section: Option<String>,
         /// Lines of generated input (over 20 files).
         #[arg(long, default_value_t = 2_000_000)]

@@ -694,6 +694,7 @@ async fn continuous_rate_to_plugin_reports_latency() {
 fn continuous_console_prints_rows_as_they_come() {
     let dir = tempdir("continuous-console");
     let file = dir.join("console.toml");
+    let stderr = std::fs::File::create(dir.join("stderr.log")).expect("create stderr.log");
     std::fs::write(
         &file,
         "name = \"continuous-console\"\n[source]\nformat = \"rate\"\noptions = { rowsPerSecond = \"20\" }\n\
@@ -704,7 +705,7 @@ fn continuous_console_prints_rows_as_they_come() {
         .arg("run")
         .arg(&file)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn sluice");
     let stdout = child.stdout.take().expect("piped stdout");
@@ -732,14 +733,17 @@ fn continuous_console_prints_rows_as_they_come() {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    let exited = child.try_wait().ok().flatten();
     let _ = child.kill();
     let _ = child.wait();
     let out = seen.join("\n");
+    let err = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
     assert!(
         headers.len() >= 3 && rows >= 3,
         "within 60 s of starting, stdout shows {} tables and {rows} rows, not 3 of each: the console sink \
-         seems to wait for the epoch's end (an hour). stdout:\n{out}",
-        headers.len()
+         seems to wait for the epoch's end (an hour){}. stdout:\n{out}\nstderr:\n{err}",
+        headers.len(),
+        exited.map(|s| format!(", or sluice exited early ({s})")).unwrap_or_default()
     );
     assert!(headers.iter().all(|h| *h == headers[0]), "the tables are not all of the first epoch: {headers:?}\n{out}");
 }

@@ -46,6 +46,8 @@
 //!   rate (a socket the query does not drain pushes back on the sender, which would otherwise
 //!   hide the backlog), and latency is not growing: the last second's p50 is at most twice the
 //!   overall p50 plus 5 ms.
+//! - **sluice CPU %**: the `sluice run` process's user + system CPU time over the sending
+//!   window (`/proc/<pid>/stat`), in % of one core: the cost side of a trigger or interval.
 //!
 //! Everything (broker, Sluice, the harness) shares one machine, so at high rates the harness's
 //! own producer and consumer compete with Sluice for CPU. The consumer fetches with
@@ -238,6 +240,8 @@ struct Outcome {
     p50_last: Option<i64>,
     send_rate: f64,
     keeps_up: bool,
+    /// Sluice's CPU time (user + system) over the sending window, in % of one core.
+    cpu_pct: Option<f64>,
 }
 
 fn now_us() -> i64 {
@@ -494,9 +498,9 @@ pub async fn run(args: &LatencyArgs) -> Result<()> {
         env.seconds
     );
     println!(
-        "| source | sink | trigger | guarantee | rate/s | sent/s | sent | received | lost | dup | p50 ms | p95 ms | p99 ms | max ms | p50 last s | keeps up |"
+        "| source | sink | trigger | guarantee | rate/s | sent/s | sent | received | lost | dup | p50 ms | p95 ms | p99 ms | max ms | p50 last s | sluice CPU % | keeps up |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let _ = std::io::stdout().flush();
     let mut failed = 0usize;
     for (n, case) in cases.iter().copied().enumerate() {
@@ -565,6 +569,7 @@ pub async fn run(args: &LatencyArgs) -> Result<()> {
          row's line from Sluice's stdout) − send time at an independent producer \
          (rate: − the row's due time); percentiles leave out each case's first second. \
          keeps up = nothing lost, ≥ 95% of the rate sent, last second's p50 ≤ 2 × p50 + 5 ms. \
+         sluice CPU % = the sluice process's user + system CPU time over the sending window, in % of one core. \
          Socket cases: checkpoint with atMostOnce. Logs and pipeline files: {}",
         work.display()
     );
@@ -595,7 +600,7 @@ fn summary(text: &str) -> String {
 
 /// A row whose last cell is a note, the figures empty.
 fn note_row(head: &str, note: &str) -> String {
-    format!("{head}{} {note} |", " |".repeat(10))
+    format!("{head}{} {note} |", " |".repeat(11))
 }
 
 fn thousands(n: u64) -> String {
@@ -612,13 +617,14 @@ fn ms(us: i64) -> String {
     format!("{:.1}", us as f64 / 1000.0)
 }
 
-/// The cells after the case's four leading ones.
+/// The cells after the case's five leading ones.
 fn row(o: &Outcome) -> String {
     let (p50, p95, p99, max) = match o.percentiles {
         Some([a, b, c, d]) => (ms(a), ms(b), ms(c), ms(d)),
         None => ("—".into(), "—".into(), "—".into(), "—".into()),
     };
     let last = o.p50_last.map(ms).unwrap_or_else(|| "—".into());
+    let cpu = o.cpu_pct.map(|c| format!("{c:.0}")).unwrap_or_else(|| "—".into());
     let mut verdict = if o.keeps_up { "yes".to_string() } else { "no".to_string() };
     if o.malformed > 0 {
         verdict.push_str(&format!(" ({} malformed)", o.malformed));
@@ -627,7 +633,7 @@ fn row(o: &Outcome) -> String {
         verdict.push_str(&format!(" ({} produce failures)", o.send_failures));
     }
     format!(
-        "{:.0} | {} | {} | {} | {} | {p50} | {p95} | {p99} | {max} | {last} | {verdict} |",
+        "{:.0} | {} | {} | {} | {} | {p50} | {p95} | {p99} | {max} | {last} | {cpu} | {verdict} |",
         o.send_rate, o.sent, o.received, o.lost, o.duplicated
     )
 }
@@ -1000,6 +1006,15 @@ impl Sluice {
         Ok(Sluice { child: Some(child), log: log.to_path_buf(), stopped: false })
     }
 
+    /// The child's CPU time so far (user + system), in seconds; None for the baseline or off
+    /// Linux. From `/proc/<pid>/stat`, at 100 clock ticks a second (`USER_HZ` on every common
+    /// Linux build).
+    fn cpu_seconds(&self) -> Option<f64> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        parse_cpu_ticks(&stat).map(|t| t as f64 / 100.0)
+    }
+
     fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.child.as_mut().and_then(|c| c.stdout.take())
     }
@@ -1063,6 +1078,14 @@ impl Drop for Sluice {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock ticks. The command
+/// name (field 2) is in parentheses and may hold spaces, so fields are counted after its `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let (utime, stime) = (fields.get(11)?.parse::<u64>().ok()?, fields.get(12)?.parse::<u64>().ok()?);
+    Some(utime + stime)
 }
 
 /// Accepts the socket source's connection, watching the child.
@@ -1211,9 +1234,10 @@ impl RateClock {
 /// Runs one case: topics exist; starts the consumer and Sluice, warms up, measures, stops.
 fn run_case(env: &Env, case: &Case, n: usize, topics: &Topics, label: &str) -> Result<Outcome> {
     let work = env.work.join(format!(
-        "{:02}-{}-{}-{}-{}",
+        "{:02}-{}-{}-{}-{}-{}",
         n + 1,
         case.source.name(),
+        case.sink.name(),
         case.trigger.name(),
         case.guarantee.short(),
         case.rate
@@ -1239,7 +1263,15 @@ fn run_case(env: &Env, case: &Case, n: usize, topics: &Topics, label: &str) -> R
     let group = format!("sluice-latency-{}-{n}", env.run);
     let consumer = match case.sink {
         SinkKind::Kafka => Some(Reader::kafka(&env.bootstrap, &group, &topics.output, topics.wanted(case))?),
-        SinkKind::Console => None,
+        SinkKind::Console => {
+            if case.source == SourceKind::Kafka {
+                // The Kafka reader waits for the topics itself; here the input must be led before
+                // the harness produces to it.
+                let c: BaseConsumer = client(&env.bootstrap).create().map_err(kafka_err("metadata client"))?;
+                wait_for_topics(&c, std::slice::from_ref(&topics.input))?;
+            }
+            None
+        }
     };
     let mut sender = match case.source {
         SourceKind::Kafka | SourceKind::Baseline => {
@@ -1278,6 +1310,7 @@ fn run_case(env: &Env, case: &Case, n: usize, topics: &Topics, label: &str) -> R
     eprintln!("{label}: running (first record through after {:.1} s); measuring {} s", warm.as_secs_f64(), env.seconds);
 
     let t0 = now_us();
+    let cpu0 = sluice.cpu_seconds();
     let (expected, send_time): (Option<Range<i64>>, Duration) = match case.source {
         SourceKind::Rate => (None, watch(env.seconds, &mut sluice)?),
         _ => {
@@ -1287,6 +1320,10 @@ fn run_case(env: &Env, case: &Case, n: usize, topics: &Topics, label: &str) -> R
         }
     };
     let t_end = t0 + send_time.as_micros() as i64;
+    let cpu_pct = match (cpu0, sluice.cpu_seconds()) {
+        (Some(a), Some(b)) => Some(100.0 * (b - a) / send_time.as_secs_f64().max(1e-9)),
+        _ => None,
+    };
     let expected = match expected {
         Some(r) => r,
         None => {
@@ -1327,6 +1364,7 @@ fn run_case(env: &Env, case: &Case, n: usize, topics: &Topics, label: &str) -> R
     o.malformed = inbox.malformed;
     o.send_failures = send_failures;
     o.send_rate = want as f64 / send_time.as_secs_f64().max(1e-9);
+    o.cpu_pct = cpu_pct;
     o.keeps_up = o.keeps_up && o.send_rate >= 0.95 * case.rate as f64;
     Ok(o)
 }
@@ -1399,6 +1437,9 @@ mod tests {
         assert_eq!(table_row(b"| 12:345      |\n"), Some((12, 345)));
         assert_eq!(table_row(b"| value |\n"), None);
         assert_eq!(table_row(b"+-------+\n"), None);
+        let stat = "4242 (sluice run) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 31 0 0 20 0 9 0 100 0 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(281));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
         assert_eq!(parse_rate("10k").ok(), Some(10_000));
     }
 

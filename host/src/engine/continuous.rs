@@ -4,9 +4,9 @@
 //! are logged in `offsets/N`, its sink output is committed, then `commits/N`. Within an epoch
 //! the loop reads whatever the source has (woken by it, or polling every 10 ms when it cannot
 //! wake the loop), runs the steps on that chunk and hands it to the sink at once. A sink that
-//! streams chunks (Kafka, noop) delivers them as they come: at-least-once sinks make them
-//! visible at once, the exactly-once Kafka sink holds them in one transaction per epoch. Other
-//! sinks get the whole epoch as one batch at its end.
+//! streams chunks (Kafka, console, noop) delivers them as they come: at-least-once sinks make
+//! them visible at once, the exactly-once Kafka sink holds them in one transaction per epoch.
+//! Other sinks get the whole epoch as one batch at its end.
 //!
 //! The epoch's offsets are logged when it ends, after its chunks ran but before the sink
 //! commits, so the checkpoint protocol is the micro-batch one: a crash before `offsets/N`

@@ -1,4 +1,5 @@
-//! The `console` sink: prints each batch as a table, like Spark's (`numRows`, `truncate`).
+//! The `console` sink: prints each batch (or each continuous chunk) as a table, like Spark's
+//! (`numRows`, `truncate`).
 
 use std::io::Write;
 use std::sync::Arc;
