@@ -294,53 +294,40 @@ fn parse_rate(s: &str) -> Result<u64> {
     }
 }
 
+/// The values `list` names (underscores read as dashes), looked up in `table`; `default` when
+/// it names none.
+fn choices<T: Copy>(list: &[String], flag: &str, what: &str, table: &[(&str, T)], default: &[T]) -> Result<Vec<T>> {
+    let names = flat(list);
+    if names.is_empty() {
+        return Ok(default.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            let key = n.replace('_', "-");
+            table.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).ok_or_else(|| {
+                let known: Vec<&str> = table.iter().map(|(k, _)| *k).collect();
+                usage(format!("{flag}: unknown {what} `{n}`; use {}", known.join(", ")))
+            })
+        })
+        .collect()
+}
+
 fn parse_cases(args: &LatencyArgs) -> Result<Vec<Case>> {
-    let mut sources = Vec::new();
-    for s in flat(&args.sources) {
-        sources.push(match s.as_str() {
-            "kafka" => SourceKind::Kafka,
-            "socket" => SourceKind::Socket,
-            "rate" => SourceKind::Rate,
-            "baseline" => SourceKind::Baseline,
-            _ => return Err(usage(format!("--sources: unknown source `{s}`; use kafka, socket, rate, baseline"))),
-        });
-    }
-    if sources.is_empty() {
-        sources = vec![SourceKind::Baseline, SourceKind::Kafka, SourceKind::Socket, SourceKind::Rate];
-    }
-    let mut triggers = Vec::new();
-    for t in flat(&args.triggers) {
-        triggers.push(match t.as_str() {
-            "default" => TriggerKind::Default,
-            "continuous" => TriggerKind::Continuous,
-            _ => return Err(usage(format!("--triggers: unknown trigger `{t}`; use default, continuous"))),
-        });
-    }
-    if triggers.is_empty() {
-        triggers = vec![TriggerKind::Default, TriggerKind::Continuous];
-    }
-    let mut guarantees = Vec::new();
-    for g in flat(&args.guarantees) {
-        guarantees.push(match g.replace('_', "-").as_str() {
-            "at-least-once" => Guarantee::AtLeastOnce,
-            "exactly-once" => Guarantee::ExactlyOnce,
-            _ => return Err(usage(format!("--guarantees: unknown guarantee `{g}`; use at-least-once, exactly-once"))),
-        });
-    }
-    if guarantees.is_empty() {
-        guarantees = vec![Guarantee::AtLeastOnce, Guarantee::ExactlyOnce];
-    }
-    let mut sinks = Vec::new();
-    for k in flat(&args.sinks) {
-        sinks.push(match k.as_str() {
-            "kafka" => SinkKind::Kafka,
-            "console" => SinkKind::Console,
-            _ => return Err(usage(format!("--sinks: unknown sink `{k}`; use kafka, console"))),
-        });
-    }
-    if sinks.is_empty() {
-        sinks = vec![SinkKind::Kafka];
-    }
+    let all_sources = [
+        ("baseline", SourceKind::Baseline),
+        ("kafka", SourceKind::Kafka),
+        ("socket", SourceKind::Socket),
+        ("rate", SourceKind::Rate),
+    ];
+    let sources = choices(&args.sources, "--sources", "source", &all_sources, &all_sources.map(|(_, v)| v))?;
+    let all_triggers = [("default", TriggerKind::Default), ("continuous", TriggerKind::Continuous)];
+    let triggers = choices(&args.triggers, "--triggers", "trigger", &all_triggers, &all_triggers.map(|(_, v)| v))?;
+    let all_guarantees = [("at-least-once", Guarantee::AtLeastOnce), ("exactly-once", Guarantee::ExactlyOnce)];
+    let guarantees =
+        choices(&args.guarantees, "--guarantees", "guarantee", &all_guarantees, &all_guarantees.map(|(_, v)| v))?;
+    let all_sinks = [("kafka", SinkKind::Kafka), ("console", SinkKind::Console)];
+    let sinks = choices(&args.sinks, "--sinks", "sink", &all_sinks, &[SinkKind::Kafka])?;
     let mut rates = flat(&args.rates).iter().map(|r| parse_rate(r)).collect::<Result<Vec<_>>>()?;
     if rates.is_empty() {
         rates = vec![1_000, 10_000, 100_000];
@@ -1441,6 +1428,11 @@ mod tests {
         assert_eq!(parse_cpu_ticks(stat), Some(281));
         assert_eq!(parse_cpu_ticks("garbage"), None);
         assert_eq!(parse_rate("10k").ok(), Some(10_000));
+        let table = [("at-least-once", 1), ("exactly-once", 2)];
+        assert_eq!(choices(&["exactly_once,at-least-once".into()], "--g", "g", &table, &[9]).ok(), Some(vec![2, 1]));
+        assert_eq!(choices(&[], "--g", "g", &table, &[9]).ok(), Some(vec![9]));
+        let err = choices(&["x".into()], "--g", "guarantee", &table, &[9]).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("--g: unknown guarantee `x`; use at-least-once, exactly-once")));
     }
 
     #[test]
