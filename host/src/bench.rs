@@ -215,6 +215,11 @@ async fn wordcount_section(lines: usize, plugins: &Path, dir: &Path) -> Result<(
         let s = t.as_secs_f64();
         println!("| {name} | {:.2} s | {:.2} M | {:.1} | {groups} |", s, lines as f64 / s / 1e6, mb / s);
     }
+    println!(
+        "\nSpark on the same files: `python bench/spark/wordcount.py {}` (pyspark 4.x, local[2]); \
+         the whole process: `time sluice run bench/wordcount.toml`.",
+        dir.display()
+    );
 
     // Checkpointing cost: the same word count, 100k-line batches, with and without a checkpoint.
     println!("\n## Checkpointing cost (plugin word count, 1 file = {} lines per batch, 20 batches)\n", lines / 20);

@@ -182,6 +182,11 @@ impl PluginRuntime {
         // Plugins are WASI 0.2 components called one call at a time: without the component
         // model's concurrency support (wasmtime's default), a call skips its task bookkeeping.
         wasm.concurrency_support(false);
+        // `SLUICE_PERF_MAP=1`: name plugin functions for `perf` (wasmtime writes
+        // /tmp/perf-<pid>.map; build the plugin without `strip` to get its own function names).
+        if std::env::var_os("SLUICE_PERF_MAP").is_some_and(|v| v == "1") {
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let mut cache_config = wasmtime::CacheConfig::new();
         cache_config.with_directory(config.cache_dir.join("wasmtime"));
         let cache = wasmtime::Cache::new(cache_config).map_err(|e| load_err("*", &config.cache_dir, e))?;

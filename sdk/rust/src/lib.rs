@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arrow_schema::{ArrowError, Schema, SchemaRef};
 
 pub use arrow_array;
+pub use arrow_buffer;
 pub use arrow_schema;
 pub use arrow_select;
 

@@ -1,0 +1,121 @@
+"""Apache Spark reference timing for Sluice's word-count benchmark.
+
+    ~/.cache/sluice/pyspark-venv/bin/python bench/spark/wordcount.py DIR [--runs 5] [--json OUT]
+
+DIR holds part-0000.txt ... part-0019.txt, the input `sluice bench --only wordcount` writes
+(target/bench-data by default: 2,000,000 lines). Each run is Sluice's pure-SQL word count,
+with a fresh checkpoint dir:
+
+    spark.readStream.option("maxFilesPerTrigger", 4).text(DIR)
+         .select(explode(split("value", " ")).alias("word"))
+         .groupBy("word").count()
+         .writeStream.outputMode("complete").format("noop")
+         .trigger(availableNow=True).start()
+
+and the time measured is the query's wall time from start() until awaitTermination()
+returns. Run 1 is the first query of a fresh Spark session ("fresh": includes the JVM's
+warm-up for this plan); runs 2.. reuse that session ("warm"). Session start-up itself is
+reported separately. Spark runs with local[2], spark.sql.shuffle.partitions=2; everything
+else at Spark's defaults (PyPI pyspark, OpenJDK 17). Without pyspark, it re-runs itself
+with the venv's python.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures", "spark"))
+from spark_session import ensure_pyspark  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dir")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args()
+    ensure_pyspark()
+
+    in_dir = os.path.abspath(args.dir)
+    files = sorted(n for n in os.listdir(in_dir) if n.startswith("part-") and n.endswith(".txt"))
+    if not files:
+        raise SystemExit(f"no part-*.txt in {in_dir} (run `sluice bench --only wordcount` once to make them)")
+    lines = 0
+    for name in files:
+        with open(os.path.join(in_dir, name), "rb") as f:
+            lines += sum(1 for _ in f)
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    t0 = time.perf_counter()
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .appName("sluice-bench-wordcount")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    session_s = time.perf_counter() - t0
+    version = spark.version
+    print(f"pyspark {version}, {len(files)} files, {lines} lines; session start-up {session_s:.2f} s", flush=True)
+
+    work = tempfile.mkdtemp(prefix="sluice-spark-wordcount-")
+    results = []
+    try:
+        for run in range(1, args.runs + 1):
+            checkpoint = os.path.join(work, f"checkpoint-{run}")
+            counts = (
+                spark.readStream.option("maxFilesPerTrigger", 4)
+                .text(in_dir)
+                .select(F.explode(F.split("value", " ")).alias("word"))
+                .groupBy("word")
+                .count()
+            )
+            start = time.perf_counter()
+            query = (
+                counts.writeStream.outputMode("complete")
+                .format("noop")
+                .option("checkpointLocation", checkpoint)
+                .trigger(availableNow=True)
+                .start()
+            )
+            query.awaitTermination()
+            wall = time.perf_counter() - start
+            progress = [json.loads(p.json) for p in query.recentProgress]
+            rows_in = sum(p.get("numInputRows", 0) for p in progress)
+            groups = max(
+                (op.get("numRowsTotal", 0) for p in progress for op in p.get("stateOperators", [])), default=0
+            )
+            kind = "fresh" if run == 1 else "warm"
+            results.append({"run": run, "kind": kind, "wall_s": round(wall, 3), "lines_per_s": round(lines / wall),
+                            "input_rows": rows_in, "groups": groups})
+            print(f"run {run} ({kind}): {wall:.2f} s, {lines / wall:,.0f} lines/s, {rows_in} lines in, "
+                  f"{groups} distinct words", flush=True)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        spark.stop()
+
+    warm = [r["wall_s"] for r in results if r["kind"] == "warm"]
+    if warm:
+        best = min(warm)
+        print(f"warm: best {best:.2f} s ({lines / best:,.0f} lines/s), median {statistics.median(warm):.2f} s")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"spark_version": version, "lines": lines, "files": len(files),
+                       "session_startup_s": round(session_s, 3), "runs": results}, f, indent=1)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
