@@ -30,6 +30,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::Dialect;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::utils::normalize_float_zero;
 use datafusion::common::{Column, DFSchema};
 use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
@@ -701,8 +702,8 @@ struct Aggregator {
     below: CachedPlan,
     /// The aggregation's first phase over `below`, run by DataFusion on each input partition
     /// in parallel: one row per key and partition (keys, then each aggregate's state fields).
-    /// For inputs of more than `DIRECT_MAX_ROWS` rows; `None` when an aggregate depends on
-    /// its rows' order.
+    /// For inputs of more than `DIRECT_MAX_ROWS` rows; `None` for a global aggregate or when
+    /// an aggregate depends on its rows' order.
     partial: Option<CachedPlan>,
     /// Large batches to run row by row before `partial` is tried again (it did not fold the
     /// last one it ran).
@@ -870,20 +871,24 @@ impl Aggregator {
             col += width;
         }
         let below = CachedPlan::new(ctx, &below).await?;
-        let partial = if aggs.iter().all(|(a, _)| a.order_bys().is_empty()) && sessions.is_none() {
-            let keys = group_exprs.iter().enumerate().map(|(i, e)| (e.clone(), format!("k{i}"))).collect();
-            let exec = AggregateExec::try_new(
-                AggregateMode::Partial,
-                PhysicalGroupBy::new_single(keys),
-                aggs.iter().map(|(a, _)| a.clone()).collect(),
-                aggs.iter().map(|(_, f)| f.clone()).collect(),
-                below.plan.clone(),
-                below.plan.schema(),
-            )?;
-            Some(CachedPlan { plan: Arc::new(exec), task: below.task.clone(), direct: None })
-        } else {
-            None
-        };
+        // Not for a global aggregate: its first phase emits a row per partition even for an
+        // input with no rows left (which would then update the group), and one group needs no
+        // parallel folding.
+        let partial =
+            if !group_exprs.is_empty() && aggs.iter().all(|(a, _)| a.order_bys().is_empty()) && sessions.is_none() {
+                let keys = group_exprs.iter().enumerate().map(|(i, e)| (e.clone(), format!("k{i}"))).collect();
+                let exec = AggregateExec::try_new(
+                    AggregateMode::Partial,
+                    PhysicalGroupBy::new_single(keys),
+                    aggs.iter().map(|(a, _)| a.clone()).collect(),
+                    aggs.iter().map(|(_, f)| f.clone()).collect(),
+                    below.plan.clone(),
+                    below.plan.schema(),
+                )?;
+                Some(CachedPlan { plan: Arc::new(exec), task: below.task.clone(), direct: None })
+            } else {
+                None
+            };
         Ok(Aggregator {
             below,
             partial,
@@ -1047,7 +1052,10 @@ impl Aggregator {
                 }
                 local.extend(ids.iter().map(|id| t.local_of_value[*id] as usize));
             }
-            _ => {
+            (Some(_), None) => {
+                return Err(DataFusionError::Internal("a grouped aggregate without its batch key table".into()));
+            }
+            (None, _) => {
                 let mut gid = Vec::with_capacity(1);
                 self.table.intern(std::iter::once(&[][..]), &mut gid);
                 if self.local_of.len() < self.table.num_gids() {
@@ -1095,14 +1103,17 @@ impl Aggregator {
         l
     }
 
-    /// A batch and its group key columns `cols`, with late rows dropped: those whose
-    /// event-time bound the watermark has reached (counted), as Spark drops them. Returns the
-    /// rows kept, their keys and their event-time bounds (with an event-time key).
+    /// A batch and its group key columns `cols` (-0.0 made 0.0), with late rows dropped: those
+    /// whose event-time bound the watermark has reached (counted), as Spark drops them. Returns
+    /// the rows kept, their keys and their event-time bounds (with an event-time key).
     fn on_time(
         &mut self,
         batch: &RecordBatch,
         cols: Vec<ArrayRef>,
     ) -> datafusion::error::Result<(RecordBatch, Vec<ArrayRef>, Option<arrow_array::Int64Array>)> {
+        // One group for 0.0 and -0.0, as in Spark (and as DataFusion's key tables see them; the
+        // state table's row format would tell them apart).
+        let cols: Vec<ArrayRef> = cols.iter().map(normalize_float_zero).collect();
         let n = batch.num_rows();
         let Some(et) = self.event_time else { return Ok((batch.clone(), cols, None)) };
         let bounds = et.bounds(&cols[et.key])?;
@@ -1259,12 +1270,15 @@ impl Aggregator {
         if self.sessions.is_some() {
             return self.process_sessions(mode).await;
         }
+        // `rows`: the step's input rows (those reaching the aggregation are known only after
+        // the plan below has run).
         let large = rows > DIRECT_MAX_ROWS;
-        if large && self.partial_skip > 0 {
+        let fold = large && self.partial_skip == 0;
+        if large && !fold {
             self.partial_skip -= 1;
         }
         match &self.partial {
-            Some(partial) if large && self.partial_skip == 0 => {
+            Some(partial) if fold => {
                 let folded = partial.run().await?;
                 // Keys that barely repeat within a batch: the first phase costs more than it
                 // saves (and holds the batch twice); row by row for the next batches.
@@ -1532,7 +1546,7 @@ mod tests {
 
     /// Large inputs take the parallel first phase (DataFusion's partial aggregation); the same
     /// batches fed row by row give the same state, the same output and the same counts, for
-    /// every kind of aggregate: DISTINCT, nulls in keys and values, several keys, a
+    /// every kind of aggregate: DISTINCT, nulls in keys and values, several keys, a -0.0 key, a
     /// global one, and a windowed one with late rows dropped and groups evicted by the watermark.
     #[tokio::test]
     async fn large_inputs_aggregate_in_parallel_as_row_by_row() {
@@ -1561,6 +1575,13 @@ mod tests {
             ),
             ("SELECT v, n % 4 AS m, count(n) AS c FROM input GROUP BY v, n % 4", None),
             ("SELECT count(*) AS c, sum(n) AS s, count(DISTINCT v) AS d FROM input", None),
+            // -0.0 and 0.0 are one group (as in Spark).
+            (
+                "SELECT CASE WHEN n % 2 = 0 THEN CAST('-0.0' AS DOUBLE) ELSE CAST('0.0' AS DOUBLE) END AS z, \
+                 count(*) AS c FROM input \
+                 GROUP BY CASE WHEN n % 2 = 0 THEN CAST('-0.0' AS DOUBLE) ELSE CAST('0.0' AS DOUBLE) END",
+                None,
+            ),
             (
                 "SELECT window(t, '5 seconds') AS w, v, count(*) AS c, sum(n) AS s FROM input \
                  GROUP BY window(t, '5 seconds'), v",
@@ -1572,7 +1593,9 @@ mod tests {
             let mut parallel = SqlStep::try_new(0, sql, schema.clone(), mode, event_time).await.unwrap();
             let mut by_row = SqlStep::try_new(0, sql, schema.clone(), mode, event_time).await.unwrap();
             let Kind::Aggregate(agg) = &mut by_row.kind else { panic!("{sql}: not an aggregate") };
-            assert!(agg.partial.take().is_some(), "{sql}: no first phase");
+            // A global aggregate runs row by row (one group: nothing to fold in parallel).
+            let global = !sql.contains("GROUP BY");
+            assert_eq!(agg.partial.take().is_some(), !global, "{sql}: first phase");
             let mut dropped = 0;
             for (i, b) in batches.iter().enumerate() {
                 assert!(b.num_rows() > DIRECT_MAX_ROWS);
@@ -1600,6 +1623,9 @@ mod tests {
                 lines(&[typed_rows(a.converter.as_deref(), &a.state_schema, &a.table.all().unwrap()).unwrap()])
             };
             assert_eq!(state(a), state(b), "{sql}: state");
+            if sql.contains("'-0.0'") {
+                assert_eq!(a.table.len(), 1, "{sql}: one group for 0.0 and -0.0: {:?}", state(a));
+            }
         }
     }
 }
