@@ -15,8 +15,9 @@ with a fresh checkpoint dir:
 and the time measured is the query's wall time from start() until awaitTermination()
 returns. Run 1 is the first query of a fresh Spark session ("fresh": includes the JVM's
 warm-up for this plan); runs 2.. reuse that session ("warm"). Session start-up itself is
-reported separately. Spark runs with local[2], spark.sql.shuffle.partitions=2; everything
-else at Spark's defaults (PyPI pyspark, OpenJDK 17). Without pyspark, it re-runs itself
+reported separately. Spark runs in the fixtures' session (tests/fixtures/spark/spark_session.py:
+local[2], spark.sql.shuffle.partitions=2, UTC); everything else at Spark's defaults (PyPI
+pyspark, OpenJDK 17). Without pyspark, it re-runs itself
 with the venv's python.
 """
 
@@ -30,7 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures", "spark"))
-from spark_session import ensure_pyspark  # noqa: E402
+from spark_session import ensure_pyspark, session  # noqa: E402
 
 
 def main():
@@ -50,21 +51,10 @@ def main():
         with open(os.path.join(in_dir, name), "rb") as f:
             lines += sum(1 for _ in f)
 
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
     t0 = time.perf_counter()
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .appName("sluice-bench-wordcount")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = session("sluice-bench-wordcount")
     session_s = time.perf_counter() - t0
     version = spark.version
     print(f"pyspark {version}, {len(files)} files, {lines} lines; session start-up {session_s:.2f} s", flush=True)
