@@ -34,7 +34,7 @@ import time
 
 # The venv re-exec shared with the fixture scripts.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures", "spark"))
-from spark_session import ensure_pyspark  # noqa: E402
+from spark_session import ensure_pyspark, timed_noop_run  # noqa: E402
 
 
 def count_events(directory):
@@ -100,17 +100,7 @@ def main():
                 .groupBy(F.window("ts", "5 minutes"), "key")
                 .agg(F.count("*"), F.sum("value"))
             )
-            start = time.perf_counter()
-            query = (
-                agg.writeStream.outputMode("append")
-                .format("noop")
-                .option("checkpointLocation", checkpoint)
-                .trigger(availableNow=True)
-                .start()
-            )
-            query.awaitTermination()
-            wall = time.perf_counter() - start
-            progress = [json.loads(p.json) for p in query.recentProgress]
+            wall, progress = timed_noop_run(agg, "append", checkpoint)
             batches = len({p["batchId"] for p in progress})
             rows_in = sum(p.get("numInputRows", 0) for p in progress)
             rows_out = sum((p.get("sink") or {}).get("numOutputRows", 0) or 0 for p in progress)

@@ -31,7 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures", "spark"))
-from spark_session import ensure_pyspark, session  # noqa: E402
+from spark_session import ensure_pyspark, session, timed_noop_run  # noqa: E402
 
 
 def main():
@@ -71,17 +71,7 @@ def main():
                 .groupBy("word")
                 .count()
             )
-            start = time.perf_counter()
-            query = (
-                counts.writeStream.outputMode("complete")
-                .format("noop")
-                .option("checkpointLocation", checkpoint)
-                .trigger(availableNow=True)
-                .start()
-            )
-            query.awaitTermination()
-            wall = time.perf_counter() - start
-            progress = [json.loads(p.json) for p in query.recentProgress]
+            wall, progress = timed_noop_run(counts, "complete", checkpoint)
             rows_in = sum(p.get("numInputRows", 0) for p in progress)
             groups = max(
                 (op.get("numRowsTotal", 0) for p in progress for op in p.get("stateOperators", [])), default=0
