@@ -2,7 +2,7 @@
 //!
 //! A plugin step keeps one instance per parallel slot (`limits.instances`, default one per
 //! core). The rows of a batch arrive tagged with their logical partition; each partition goes
-//! to instance `partition % slots`, in calls of at most 64 k rows that never mix partitions,
+//! to instance `partition % slots`, in calls of at most 16 k rows that never mix partitions,
 //! then `finish-batch` once for that partition. A failing partition is handled by the plugin's
 //! `on_error` policy: fail the query, run the partition again on a fresh instance (retryable
 //! errors only, up to N times), or send its rows with the error to a dead-letter sink.

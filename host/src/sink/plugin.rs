@@ -1,7 +1,7 @@
 //! `foreach_batch` and `foreach` sinks written as Wasm components.
 //!
 //! - foreachBatch (`batch-sink-plugin`): one instance sees each whole micro-batch in order:
-//!   `begin-batch(ctx, rerun)`, `write` per chunk of at most 64 k rows, `commit-batch`. The host
+//!   `begin-batch(ctx, rerun)`, `write` per chunk of at most 16 k rows, `commit-batch`. The host
 //!   logs the batch as committed only after that, so a crash in between makes the next run call
 //!   `begin-batch` again for the same id with `rerun = true`: a sink that replaces what it
 //!   wrote for a batch id (the `jsonl_dir` example) is exactly-once.
@@ -24,7 +24,7 @@ use crate::progress::PluginProgress;
 use crate::source::Partitioned;
 
 /// The most rows one plugin call receives.
-pub(crate) const ROWS_PER_CALL: usize = 64 * 1024;
+pub(crate) const ROWS_PER_CALL: usize = 16 * 1024;
 
 /// Splits batches into groups of at most [`ROWS_PER_CALL`] rows (slicing, no copy).
 pub(crate) fn chunks(batches: Vec<RecordBatch>) -> Vec<Vec<RecordBatch>> {

@@ -67,7 +67,7 @@ pub trait BatchSink: Sized + 'static {
     }
     /// Starts micro-batch `ctx.batch_id`; `rerun`: it may have been written before (replace it).
     fn begin_batch(&mut self, ctx: &BatchContext, rerun: bool) -> Result<(), Error>;
-    /// One chunk of the batch (at most 64 k rows), in order.
+    /// One chunk of the batch (at most 16 k rows), in order.
     fn write(&mut self, chunk: RecordBatch) -> Result<(), Error>;
     /// The batch is complete: make it durable.
     fn commit_batch(&mut self) -> Result<(), Error>;

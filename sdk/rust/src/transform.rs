@@ -51,7 +51,7 @@ use crate::{BatchContext, Config, Error, Requirement, wire};
 ///
 /// The host creates one instance per parallel slot with [`Transform::create`], asks it for its
 /// [`Transform::output_schema`] once at planning time, then calls [`Transform::process`] for
-/// each chunk (at most 64 k rows, all of one logical partition), and
+/// each chunk (at most 16 k rows, all of one logical partition), and
 /// [`Transform::finish_batch`] after the last chunk of each partition of a micro-batch.
 pub trait Transform: Sized + 'static {
     /// Builds the instance from its configuration. Validate everything here.
