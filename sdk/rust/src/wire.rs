@@ -175,8 +175,9 @@ fn encode_batch_ipc(first: &RecordBatch, batches: &[RecordBatch], mut out: Vec<u
     Ok(out)
 }
 
-/// Splits `buf` into its encapsulated messages: (flatbuffer, body) pairs, both zero-copy.
-fn messages(buf: &Buffer) -> Result<Vec<(Buffer, Buffer)>, ArrowError> {
+/// Splits `buf` into its encapsulated messages: each message's flatbuffer, read (and verified)
+/// once, and its body, zero-copy.
+fn messages(buf: &Buffer) -> Result<Vec<(arrow_ipc::Message<'_>, Buffer)>, ArrowError> {
     let bytes = buf.as_slice();
     let mut out = Vec::new();
     let mut pos = 0usize;
@@ -198,8 +199,7 @@ fn messages(buf: &Buffer) -> Result<Vec<(Buffer, Buffer)>, ArrowError> {
         let meta_end = meta_start.checked_add(meta_len).filter(|e| *e <= bytes.len()).ok_or_else(|| {
             ipc_err(format!("message at byte {pos} claims {meta_len} bytes of metadata beyond the end"))
         })?;
-        let meta = buf.slice_with_length(meta_start, meta_len);
-        let message = arrow_ipc::root_as_message(meta.as_slice())
+        let message = arrow_ipc::root_as_message(&bytes[meta_start..meta_end])
             .map_err(|e| ipc_err(format!("invalid message flatbuffer at byte {pos}: {e}")))?;
         let body_len = usize::try_from(message.bodyLength())
             .map_err(|_| ipc_err(format!("negative body length at byte {pos}")))?;
@@ -207,7 +207,7 @@ fn messages(buf: &Buffer) -> Result<Vec<(Buffer, Buffer)>, ArrowError> {
             .checked_add(body_len)
             .filter(|e| *e <= bytes.len())
             .ok_or_else(|| ipc_err(format!("message at byte {pos} claims a {body_len}-byte body beyond the end")))?;
-        out.push((meta, buf.slice_with_length(meta_end, body_len)));
+        out.push((message, buf.slice_with_length(meta_end, body_len)));
         pos = body_end;
     }
     Ok(out)
@@ -233,10 +233,9 @@ pub fn decode_schema(bytes: Vec<u8>) -> Result<SchemaRef, ArrowError> {
 fn decode_schema_unguarded(bytes: Vec<u8>) -> Result<SchemaRef, ArrowError> {
     let buf = Buffer::from_vec(bytes);
     let msgs = messages(&buf)?;
-    let [(meta, _)] = msgs.as_slice() else {
+    let [(message, _)] = msgs.as_slice() else {
         return Err(ipc_err(format!("expected one schema message, got {} messages", msgs.len())));
     };
-    let message = arrow_ipc::root_as_message(meta.as_slice()).map_err(|e| ipc_err(e.to_string()))?;
     let ipc_schema = message.header_as_schema().ok_or_else(|| ipc_err("the message is not a schema"))?;
     Ok(Arc::new(arrow_ipc::convert::fb_to_schema(ipc_schema)))
 }
@@ -281,8 +280,7 @@ fn decode_batch_unguarded(schema: &SchemaRef, bytes: Vec<u8>, from_host: bool) -
     let mut dictionaries: HashMap<i64, ArrayRef> = HashMap::new();
     let mut out = Vec::new();
     let flat = flat::is_flat(schema);
-    for (meta, body) in messages(&buf)? {
-        let message = arrow_ipc::root_as_message(meta.as_slice()).map_err(|e| ipc_err(e.to_string()))?;
+    for (message, body) in messages(&buf)? {
         let version = message.version();
         match message.header_type() {
             arrow_ipc::MessageHeader::DictionaryBatch => {
@@ -406,8 +404,7 @@ mod tests {
         // A plugin's unvalidated read of what the host sent: the same batches.
         let buf = Buffer::from_vec(encode_batch(&samples).expect("encode"));
         let mut trusted = Vec::new();
-        for (meta, body) in messages(&buf).expect("messages") {
-            let m = arrow_ipc::root_as_message(meta.as_slice()).expect("message");
+        for (m, body) in messages(&buf).expect("messages") {
             let b = m.header_as_record_batch().expect("a record batch");
             trusted.push(read_from_host(&body, b, &schema, &HashMap::new(), &m.version()).expect("read"));
         }
