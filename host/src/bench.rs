@@ -538,8 +538,10 @@ async fn roles(plugins: &Path, dir: &Path) -> Result<()> {
         let (t, rows) = best.unwrap_or_default();
         println!("| {name} | {:.2} s | {:.2} M |", t.as_secs_f64(), rows as f64 / t.as_secs_f64().max(1e-9) / 1e6);
     }
+    // Batches every 250 ms (~500 k rows each): long enough for progress's millisecond
+    // durations to add up to the time the batches took.
     let spec = crate::spec::PipelineSpec::from_toml(
-        &format!("{rate}{identity}[sink]\nformat = \"noop\"\n"),
+        &format!("{rate}{identity}[sink]\nformat = \"noop\"\n[trigger]\nprocessing_time = \"250ms\"\n"),
         "bench.toml",
         &work,
     )?;
@@ -550,8 +552,9 @@ async fn roles(plugins: &Path, dir: &Path) -> Result<()> {
     let rows: u64 = progress.iter().map(|p| p.num_input_rows).sum();
     let ms: u64 = progress.iter().map(|p| p.batch_duration).sum();
     println!(
-        "| built-in `rate` source (2 M rows/s offered) → identity → noop, 3 s | {:.2} s busy | {:.2} M |",
+        "| built-in `rate` source (2 M rows/s offered, a batch every 250 ms) → identity → noop, 3 s | {:.2} s busy, {} rows | {:.2} M |",
         ms as f64 / 1e3,
+        rows,
         rows as f64 / (ms.max(1) as f64 / 1e3) / 1e6
     );
     Ok(())
