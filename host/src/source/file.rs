@@ -537,17 +537,36 @@ impl Source for FileSource {
         let decoded: Vec<_> = futures::stream::iter(read).buffered(parallel).try_collect().await?;
         self.times.clear();
         let mut out = Vec::with_capacity(decoded.len());
-        for (i, (modified, batch)) in decoded.into_iter().enumerate() {
+        for (modified, batch) in decoded {
             if let Some(ms) = modified.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
                 super::push_time(&mut self.times, ms.as_millis() as i64, batch.num_rows() as u64);
             }
-            out.push((i as u32, batch));
+            for piece in pieces(batch) {
+                out.push((out.len() as u32, piece));
+            }
         }
         Ok(out)
     }
     fn take_source_times(&mut self) -> super::SourceTimes {
         std::mem::take(&mut self.times)
     }
+}
+
+/// Records of one file beyond which it becomes several partitions.
+const PARTITION_ROWS: usize = 64 * 1024;
+
+/// A file's records as partitions: one, or for more than [`PARTITION_ROWS`] records, equal
+/// slices of at most that many, in order (zero-copy). So a batch of one large file still keeps
+/// every plugin instance busy (a plugin step runs a partition on one instance), and a replayed
+/// batch splits the same way (the split depends only on the file's records).
+fn pieces(batch: RecordBatch) -> Vec<RecordBatch> {
+    let n = batch.num_rows();
+    let k = n.div_ceil(PARTITION_ROWS);
+    if k <= 1 {
+        return vec![batch];
+    }
+    let size = n.div_ceil(k);
+    (0..n).step_by(size).map(|at| batch.slice(at, size.min(n - at))).collect()
 }
 
 #[cfg(test)]
@@ -561,8 +580,8 @@ mod tests {
         (0..c.len()).map(|i| c.value(i).to_string()).collect()
     }
 
-    /// Files decode in parallel but come back in file order, one partition each; symbolic links
-    /// are followed and dangling ones skipped; bad UTF-8 becomes U+FFFD.
+    /// Files decode in parallel but come back in file order, one partition each (a large one,
+    /// several); symbolic links are followed and dangling ones skipped; bad UTF-8 becomes U+FFFD.
     #[tokio::test]
     async fn text_files_in_order_through_symlinks() {
         let root = std::env::temp_dir().join(format!("sluice-file-src-{}", uuid::Uuid::new_v4()));
@@ -593,6 +612,19 @@ mod tests {
             assert_eq!(l[999], format!("file {i} line 999"));
         }
         assert_eq!(lines(&parts[5].1), vec!["ok\u{fffd}\u{fffd}ok".to_string(), "last".to_string()]);
+
+        // A file of more than 64 k lines: equal partitions of at most 64 k lines, in order, numbered
+        // after the files before it.
+        let text = (0..150_001).map(|j| format!("{j}\n")).collect::<String>();
+        std::fs::write(dir.join("j-large.txt"), text).expect("write");
+        let next = src.latest_offset(Some(&end), ReadLimit::Default).await.expect("offset").expect("the new file");
+        let parts = src.get_batch(Some(&end), &next).await.expect("batch");
+        let sizes: Vec<usize> = parts.iter().map(|(_, b)| b.num_rows()).collect();
+        assert_eq!(sizes, vec![50_001, 50_001, 49_999]);
+        assert_eq!(parts.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![0, 1, 2]);
+        let all: Vec<String> = parts.iter().flat_map(|(_, b)| lines(b)).collect();
+        assert_eq!(all.len(), 150_001);
+        assert!(all.iter().enumerate().all(|(j, l)| *l == j.to_string()), "lines in file order");
         std::fs::remove_dir_all(root).ok();
     }
 }
