@@ -24,17 +24,13 @@ the venv's python.
 """
 
 import argparse
-import json
 import os
-import shutil
-import statistics
 import sys
-import tempfile
 import time
 
 # The venv re-exec shared with the fixture scripts.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures", "spark"))
-from spark_session import ensure_pyspark, timed_noop_run  # noqa: E402
+from spark_session import ensure_pyspark, report_warm, timed_noop_run, timed_runs  # noqa: E402
 
 
 def count_events(directory):
@@ -87,56 +83,36 @@ def main():
     print(f"pyspark {version}, {len(files)} files, {events} events; session start-up {session_s:.2f} s",
           flush=True)
 
-    work = tempfile.mkdtemp(prefix="sluice-spark-bench-")
-    results = []
-    try:
-        for run in range(1, args.runs + 1):
-            checkpoint = os.path.join(work, f"checkpoint-{run}")
-            agg = (
-                spark.readStream.schema("ts TIMESTAMP, key STRING, value BIGINT")
-                .option("maxFilesPerTrigger", 1)
-                .json(in_dir)
-                .withWatermark("ts", "10 minutes")
-                .groupBy(F.window("ts", "5 minutes"), "key")
-                .agg(F.count("*"), F.sum("value"))
-            )
-            wall, progress = timed_noop_run(agg, "append", checkpoint)
-            batches = len({p["batchId"] for p in progress})
-            rows_in = sum(p.get("numInputRows", 0) for p in progress)
-            rows_out = sum((p.get("sink") or {}).get("numOutputRows", 0) or 0 for p in progress)
-            dropped = sum(
-                sum(op.get("numRowsDroppedByWatermark", 0) for op in p.get("stateOperators", []))
-                for p in progress
-            )
-            kind = "fresh" if run == 1 else "warm"
-            r = {
-                "run": run,
-                "kind": kind,
-                "wall_s": round(wall, 3),
-                "events_per_s": round(events / wall),
-                "batches": batches,
-                "input_rows": rows_in,
-                "output_rows": rows_out,
-                "rows_dropped_by_watermark": dropped,
-            }
-            results.append(r)
-            print(f"run {run} ({kind}): {wall:.2f} s, {events / wall:,.0f} events/s, {batches} batches, "
-                  f"{rows_in} rows in, {rows_out} rows out, {dropped} dropped by watermark", flush=True)
-            shutil.rmtree(checkpoint, ignore_errors=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        spark.stop()
+    def one_run(run, kind, checkpoint):
+        agg = (
+            spark.readStream.schema("ts TIMESTAMP, key STRING, value BIGINT")
+            .option("maxFilesPerTrigger", 1)
+            .json(in_dir)
+            .withWatermark("ts", "10 minutes")
+            .groupBy(F.window("ts", "5 minutes"), "key")
+            .agg(F.count("*"), F.sum("value"))
+        )
+        wall, progress = timed_noop_run(agg, "append", checkpoint)
+        batches = len({p["batchId"] for p in progress})
+        rows_in = sum(p.get("numInputRows", 0) for p in progress)
+        rows_out = sum((p.get("sink") or {}).get("numOutputRows", 0) or 0 for p in progress)
+        dropped = sum(
+            sum(op.get("numRowsDroppedByWatermark", 0) for op in p.get("stateOperators", [])) for p in progress
+        )
+        print(f"run {run} ({kind}): {wall:.2f} s, {events / wall:,.0f} events/s, {batches} batches, "
+              f"{rows_in} rows in, {rows_out} rows out, {dropped} dropped by watermark", flush=True)
+        return {
+            "wall_s": round(wall, 3),
+            "events_per_s": round(events / wall),
+            "batches": batches,
+            "input_rows": rows_in,
+            "output_rows": rows_out,
+            "rows_dropped_by_watermark": dropped,
+        }
 
-    warm = [r["wall_s"] for r in results if r["kind"] == "warm"]
-    if warm:
-        best = min(warm)
-        print(f"warm: best {best:.2f} s ({events / best:,.0f} events/s), "
-              f"median {statistics.median(warm):.2f} s")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"spark_version": version, "events": events, "files": len(files),
-                       "session_startup_s": round(session_s, 3), "runs": results}, f, indent=1)
-            f.write("\n")
+    results = timed_runs(spark, args.runs, "sluice-spark-bench-", one_run)
+    report_warm(results, events, "events", args.json, {"spark_version": version, "events": events,
+                                                       "files": len(files), "session_startup_s": round(session_s, 3)})
 
 
 if __name__ == "__main__":

@@ -22,16 +22,12 @@ with the venv's python.
 """
 
 import argparse
-import json
 import os
-import shutil
-import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures", "spark"))
-from spark_session import ensure_pyspark, session, timed_noop_run  # noqa: E402
+from spark_session import ensure_pyspark, report_warm, session, timed_noop_run, timed_runs  # noqa: E402
 
 
 def main():
@@ -59,42 +55,24 @@ def main():
     version = spark.version
     print(f"pyspark {version}, {len(files)} files, {lines} lines; session start-up {session_s:.2f} s", flush=True)
 
-    work = tempfile.mkdtemp(prefix="sluice-spark-wordcount-")
-    results = []
-    try:
-        for run in range(1, args.runs + 1):
-            checkpoint = os.path.join(work, f"checkpoint-{run}")
-            counts = (
-                spark.readStream.option("maxFilesPerTrigger", 4)
-                .text(in_dir)
-                .select(F.explode(F.split("value", " ")).alias("word"))
-                .groupBy("word")
-                .count()
-            )
-            wall, progress = timed_noop_run(counts, "complete", checkpoint)
-            rows_in = sum(p.get("numInputRows", 0) for p in progress)
-            groups = max(
-                (op.get("numRowsTotal", 0) for p in progress for op in p.get("stateOperators", [])), default=0
-            )
-            kind = "fresh" if run == 1 else "warm"
-            results.append({"run": run, "kind": kind, "wall_s": round(wall, 3), "lines_per_s": round(lines / wall),
-                            "input_rows": rows_in, "groups": groups})
-            print(f"run {run} ({kind}): {wall:.2f} s, {lines / wall:,.0f} lines/s, {rows_in} lines in, "
-                  f"{groups} distinct words", flush=True)
-            shutil.rmtree(checkpoint, ignore_errors=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        spark.stop()
+    def one_run(run, kind, checkpoint):
+        counts = (
+            spark.readStream.option("maxFilesPerTrigger", 4)
+            .text(in_dir)
+            .select(F.explode(F.split("value", " ")).alias("word"))
+            .groupBy("word")
+            .count()
+        )
+        wall, progress = timed_noop_run(counts, "complete", checkpoint)
+        rows_in = sum(p.get("numInputRows", 0) for p in progress)
+        groups = max((op.get("numRowsTotal", 0) for p in progress for op in p.get("stateOperators", [])), default=0)
+        print(f"run {run} ({kind}): {wall:.2f} s, {lines / wall:,.0f} lines/s, {rows_in} lines in, "
+              f"{groups} distinct words", flush=True)
+        return {"wall_s": round(wall, 3), "lines_per_s": round(lines / wall), "input_rows": rows_in, "groups": groups}
 
-    warm = [r["wall_s"] for r in results if r["kind"] == "warm"]
-    if warm:
-        best = min(warm)
-        print(f"warm: best {best:.2f} s ({lines / best:,.0f} lines/s), median {statistics.median(warm):.2f} s")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"spark_version": version, "lines": lines, "files": len(files),
-                       "session_startup_s": round(session_s, 3), "runs": results}, f, indent=1)
-            f.write("\n")
+    results = timed_runs(spark, args.runs, "sluice-spark-wordcount-", one_run)
+    report_warm(results, lines, "lines", args.json, {"spark_version": version, "lines": lines, "files": len(files),
+                                                     "session_startup_s": round(session_s, 3)})
 
 
 if __name__ == "__main__":
