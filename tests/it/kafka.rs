@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
@@ -824,4 +825,110 @@ async fn kafka_option_mistakes_are_reported_by_name() {
     let spec = sluice::PipelineSpec::from_toml(&text, "reports.toml", &repo()).expect("parses");
     let msg = session().validate(&spec).await.expect_err("only-error reports").to_string();
     assert!(msg.contains("kafka.delivery.report.only.error"), "{msg}");
+}
+
+/// Per (epoch, logical partition): the Kafka offsets a foreach writer received, in order.
+type Layout = Arc<Mutex<BTreeMap<(u64, u32), Vec<i64>>>>;
+
+#[derive(Clone)]
+struct Offsets(Layout, u64, u32, Vec<i64>);
+
+impl sluice::ForeachWriter for Offsets {
+    fn open(&mut self, partition: u32, epoch: u64) -> sluice::Result<bool> {
+        (self.1, self.2) = (epoch, partition);
+        Ok(true)
+    }
+    fn process(&mut self, batch: &arrow_array::RecordBatch) -> sluice::Result<()> {
+        let col = batch.column_by_name("offset").and_then(|c| c.as_any().downcast_ref::<arrow_array::Int64Array>());
+        self.3.extend(col.expect("an offset column").values().iter());
+        Ok(())
+    }
+    fn close(&mut self, error: Option<&sluice::Error>) -> sluice::Result<()> {
+        assert!(error.is_none(), "partition {} of batch {} failed: {error:?}", self.2, self.1);
+        self.0.lock().expect("lock").insert((self.1, self.2), std::mem::take(&mut self.3));
+        Ok(())
+    }
+}
+
+/// kafka (one partition) -> identity plugin -> foreach writer logging each logical partition.
+async fn min_partitions_query(
+    t: &str,
+    ckpt: &Path,
+    min_partitions: Option<u32>,
+    trigger: sluice::Trigger,
+) -> (sluice::StreamingQuery, Layout) {
+    let layout: Layout = Arc::default();
+    let mut reader = session()
+        .read_stream()
+        .format("kafka")
+        .option("kafka.bootstrap.servers", bootstrap())
+        .option("subscribe", t)
+        .option("startingOffsets", "earliest")
+        .option("maxOffsetsPerTrigger", 400);
+    if let Some(m) = min_partitions {
+        reader = reader.option("minPartitions", m);
+    }
+    let q = reader
+        .load()
+        .transform(sluice::PluginSpec::new(plugin("identity")))
+        .write_stream()
+        .option("checkpointLocation", ckpt.display())
+        .foreach(Offsets(layout.clone(), 0, 0, Vec::new()))
+        .trigger(trigger)
+        .start()
+        .await
+        .expect("query starts");
+    (q, layout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_partitions_spreads_one_kafka_partition_over_plugin_instances() {
+    let t = topic("minparts");
+    create_topic(&t, 1).await;
+    produce(&t, &(0..1000).map(|i| rec("k", &format!("v{i}"))).collect::<Vec<_>>());
+    let dir = tempdir("kafka-minparts");
+
+    // Spark's default: one logical partition per topic-partition, so one plugin instance works.
+    let (q, layout) = min_partitions_query(&t, &dir.join("one"), None, sluice::Trigger::AvailableNow).await;
+    q.await_termination().await.expect("runs");
+    let one = layout.lock().expect("lock").clone();
+    let want: BTreeMap<(u64, u32), Vec<i64>> =
+        [(0, 0..400), (1, 400..800), (2, 800..1000)].into_iter().map(|(b, r)| ((b, 0), r.collect())).collect();
+    assert_eq!(one, want, "without minPartitions every batch is one partition");
+
+    // minPartitions = 4, read by the prefetching reader (an unbounded query): every batch's
+    // range is cut into 4 contiguous pieces, logical partitions 0..3, in offset order.
+    let ckpt = dir.join("four");
+    let (q, layout) =
+        min_partitions_query(&t, &ckpt, Some(4), sluice::Trigger::ProcessingTime(Duration::from_millis(50))).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while layout.lock().expect("lock").values().map(Vec::len).sum::<usize>() < 1000 {
+        assert!(Instant::now() < deadline, "not all 1000 records arrived: {:?}", q.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    q.stop().await;
+    let four = layout.lock().expect("lock").clone();
+    let mut all: Vec<i64> = Vec::new();
+    let epochs: std::collections::BTreeSet<u64> = four.keys().map(|(e, _)| *e).collect();
+    for e in &epochs {
+        let parts: Vec<(&u32, &Vec<i64>)> = four.range((*e, 0)..(*e + 1, 0)).map(|((_, p), o)| (p, o)).collect();
+        let size: usize = parts.iter().map(|(_, o)| o.len()).sum();
+        assert_eq!(parts.len(), size.min(4), "batch {e} of {size} records: {parts:?}");
+        for (i, (p, offs)) in parts.iter().enumerate() {
+            assert_eq!(**p as usize, i, "logical partitions are numbered 0.. in batch {e}");
+            assert!(offs.len().abs_diff(size / parts.len()) <= 1, "batch {e}: piece sizes differ by at most one");
+        }
+        all.extend(parts.iter().flat_map(|(_, o)| o.iter().copied()));
+    }
+    assert_eq!(all, (0..1000).collect::<Vec<_>>(), "every record once, in order");
+
+    // The last batch run again after a crash (its commit lost) is read by the exact reader
+    // from Kafka: it is cut the same way, record for record.
+    let last = *epochs.last().expect("a batch");
+    std::fs::remove_file(ckpt.join("commits").join(last.to_string())).expect("drop the last commit");
+    let (q, layout) = min_partitions_query(&t, &ckpt, Some(4), sluice::Trigger::AvailableNow).await;
+    q.await_termination().await.expect("rerun");
+    let rerun = layout.lock().expect("lock").clone();
+    let before: BTreeMap<(u64, u32), Vec<i64>> = four.into_iter().filter(|((e, _), _)| *e == last).collect();
+    assert_eq!(rerun, before, "the re-run batch has the same pieces");
 }

@@ -90,6 +90,7 @@ const OPTIONS: &[&str] = &[
     "endingOffsets",
     "maxOffsetsPerTrigger",
     "minOffsetsPerTrigger",
+    "minPartitions",
     "maxTriggerDelay",
     "failOnDataLoss",
     "includeHeaders",
@@ -135,6 +136,8 @@ pub(crate) struct KafkaSource {
     ending: Option<Ending>,
     max_per_trigger: Option<u64>,
     min_per_trigger: Option<u64>,
+    /// Spark's `minPartitions`: cut the batch's ranges into at least this many pieces.
+    min_partitions: Option<u64>,
     max_trigger_delay: Duration,
     fail_on_data_loss: bool,
     commit_offsets: bool,
@@ -344,6 +347,7 @@ impl KafkaSource {
         };
         let max_per_trigger = positive("maxOffsetsPerTrigger")?;
         let min_per_trigger = positive("minOffsetsPerTrigger")?;
+        let min_partitions = positive("minPartitions")?;
         if let (Some(min), Some(max)) = (min_per_trigger, max_per_trigger)
             && min > max
         {
@@ -385,6 +389,7 @@ impl KafkaSource {
             ending,
             max_per_trigger,
             min_per_trigger,
+            min_partitions,
             max_trigger_delay,
             fail_on_data_loss,
             commit_offsets,
@@ -750,7 +755,7 @@ impl KafkaSource {
             return Err(Error::Internal("kafka source: reading a buffered range without a prefetcher".into()));
         };
         let shared = p.shared.clone();
-        let slices = slices(from, until);
+        let slices = slices(from, until, self.min_partitions);
         let schema = self.schema.clone();
         let offsets: i64 = slices.iter().map(|s| s.until - s.from).sum();
         let build = move || build_batches(&lock(&shared.buffer), &slices, &schema);
@@ -760,12 +765,12 @@ impl KafkaSource {
         Ok(out)
     }
 
-    /// Reads `[from, until)` of each partition of one topic, adding the rows' source times to
-    /// `times`.
+    /// Reads the pieces `[from, until)` of each partition of one topic (contiguous, in offset
+    /// order), each as its logical partition, adding the rows' source times to `times`.
     fn read_topic(
         consumer: &BaseConsumer,
         topic: &str,
-        ranges: &BTreeMap<i32, (i64, i64, u32)>,
+        ranges: &BTreeMap<i32, Vec<Piece>>,
         schema: &SchemaRef,
         poll_timeout: Duration,
         fail_on_data_loss: bool,
@@ -773,11 +778,13 @@ impl KafkaSource {
     ) -> std::result::Result<Vec<(u32, RecordBatch)>, String> {
         let include_headers = schema.field_with_name("headers").is_ok();
         let mut tpl = TopicPartitionList::new();
-        for (p, (from, _, _)) in ranges {
-            tpl.add_partition_offset(topic, *p, KOffset::Offset(*from)).map_err(|e| e.to_string())?;
+        for (p, pieces) in ranges {
+            tpl.add_partition_offset(topic, *p, KOffset::Offset(span(pieces).0)).map_err(|e| e.to_string())?;
         }
         consumer.assign(&tpl).map_err(|e| format!("assigning {topic}: {e}"))?;
-        let mut builders: BTreeMap<i32, Rows> = ranges.keys().map(|p| (*p, Rows::new(include_headers))).collect();
+        // Per partition: the rows of the piece being read, and that piece's index.
+        let mut builders: BTreeMap<i32, (Rows, usize)> =
+            ranges.keys().map(|p| (*p, (Rows::new(include_headers), 0))).collect();
         let mut out = Vec::new();
         let mut pending: std::collections::BTreeSet<i32> = ranges.keys().copied().collect();
         let mut last_progress = Instant::now();
@@ -791,7 +798,7 @@ impl KafkaSource {
                         let left: Vec<String> = pending
                             .iter()
                             .map(|p| {
-                                let (from, until, _) = ranges[p];
+                                let (from, until) = span(&ranges[p]);
                                 format!("{topic}-{p} [{from}, {until})")
                             })
                             .collect();
@@ -807,18 +814,26 @@ impl KafkaSource {
                         continue;
                     }
                     let p = m.partition();
-                    let (Some(&(from, until, slot)), Some(rows)) = (ranges.get(&p), builders.get_mut(&p)) else {
+                    let (Some(pieces), Some((rows, at))) = (ranges.get(&p), builders.get_mut(&p)) else {
                         continue;
                     };
+                    let (from, until) = span(pieces);
                     let off = m.offset();
                     if off < from || !pending.contains(&p) {
                         continue;
                     }
                     last_progress = Instant::now();
+                    // Past the current piece: its rows are complete.
+                    while *at + 1 < pieces.len() && off >= pieces[*at].1 {
+                        if rows.len() > 0 {
+                            out.push((pieces[*at].2, rows.finish(schema).map_err(|e| e.to_string())?));
+                        }
+                        *at += 1;
+                    }
                     if off < until {
                         push_time(times, rows.push(&m, topic), 1);
                         if rows.len() >= CHUNK_ROWS {
-                            out.push((slot, rows.finish(schema).map_err(|e| e.to_string())?));
+                            out.push((pieces[*at].2, rows.finish(schema).map_err(|e| e.to_string())?));
                         }
                     }
                     if off >= until - 1 {
@@ -846,9 +861,9 @@ impl KafkaSource {
         };
         let _ = consumer.unassign();
         result?;
-        for (p, mut rows) in builders {
+        for (p, (mut rows, at)) in builders {
             if rows.len() > 0 {
-                out.push((ranges[&p].2, rows.finish(schema).map_err(|e| e.to_string())?));
+                out.push((ranges[&p][at].2, rows.finish(schema).map_err(|e| e.to_string())?));
             }
         }
         Ok(out)
@@ -1181,7 +1196,7 @@ impl Buffer {
 
     /// Whether the buffer holds every record of the batch `from` → `until`.
     fn covers(&self, from: &Offsets, until: &Offsets) -> bool {
-        slices(from, until)
+        slices(from, until, None)
             .iter()
             .all(|s| self.part(&s.topic, s.partition).is_some_and(|p| covers(p.base, p.next, s.from, s.until)))
     }
@@ -1198,6 +1213,15 @@ impl Buffer {
     }
 }
 
+/// A piece of a partition's range for the exact read: `[from, until)` as logical partition
+/// `slot`.
+type Piece = (i64, i64, u32);
+
+/// Where a partition's pieces start and end (they are contiguous and never empty).
+fn span(pieces: &[Piece]) -> (i64, i64) {
+    (pieces.first().map_or(0, |p| p.0), pieces.last().map_or(0, |p| p.1))
+}
+
 /// One partition's share of a batch: offsets `[from, until)`, as logical partition `slot`.
 #[derive(Debug, Clone, PartialEq)]
 struct Slice {
@@ -1209,16 +1233,44 @@ struct Slice {
 }
 
 /// The non-empty ranges of the batch `from` → `until` (a partition `from` lacks starts at 0),
-/// numbered as the exact read numbers them (`tps(until)` order), so that both readers put a
-/// partition's rows in the same logical partition.
-fn slices(from: &Offsets, until: &Offsets) -> Vec<Slice> {
-    tps(until)
+/// in `tps(until)` order; both readers use them, so they put a record in the same logical
+/// partition.
+///
+/// By default a topic-partition is always the same logical partition: its index in `until`
+/// (Spark's 1-1 mapping). With `min_partitions` (Spark's `minPartitions`) above the number of
+/// non-empty ranges, each range is cut by offset into pieces in proportion to its size (at least
+/// one; Spark's `KafkaOffsetRangeCalculator`), numbered from 0 in order: the cut depends only on
+/// `from` and `until`, so a batch read again after a crash is cut the same way.
+fn slices(from: &Offsets, until: &Offsets, min_partitions: Option<u64>) -> Vec<Slice> {
+    let whole: Vec<Slice> = tps(until)
         .enumerate()
         .filter_map(|(slot, (t, p, u))| {
             let f = get(from, t, p).unwrap_or(0);
             (f < u).then(|| Slice { topic: t.to_string(), partition: p, from: f, until: u, slot: slot as u32 })
         })
-        .collect()
+        .collect();
+    let min = match min_partitions {
+        Some(m) if m > whole.len() as u64 => m as f64,
+        _ => return whole,
+    };
+    let total = whole.iter().map(|s| s.until - s.from).sum::<i64>() as f64;
+    let mut out: Vec<Slice> = Vec::new();
+    for s in whole {
+        let size = s.until - s.from;
+        let parts = ((size as f64 / total * min).round() as i64).max(1);
+        let (mut start, mut remaining) = (s.from, size);
+        for part in 0..parts {
+            // The last pieces take the rounding: sizes differ by at most one.
+            let this = remaining / (parts - part);
+            remaining -= this;
+            if this > 0 {
+                let slot = out.len() as u32;
+                out.push(Slice { from: start, until: start + this, slot, ..s.clone() });
+            }
+            start += this;
+        }
+    }
+    out
 }
 
 /// The Arrow batches (at most [`CHUNK_ROWS`] rows each) of `slices` from the buffer, and the
@@ -1509,9 +1561,9 @@ impl Source for KafkaSource {
         let parts: Vec<(String, i32)> = tps(&until).map(|(t, p, _)| (t.to_string(), p)).collect();
         let earliest = self.list_offsets(parts.clone(), &Offsets::new(), -2).await?;
         let latest = self.list_offsets(parts, &Offsets::new(), -1).await?;
-        // topic -> partition -> (from, until, slot)
-        let mut plan: BTreeMap<String, BTreeMap<i32, (i64, i64, u32)>> = BTreeMap::new();
-        for (slot, (t, p, u)) in tps(&until).enumerate() {
+        // What can still be read of each partition's range.
+        let mut readable: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
+        for (t, p, u) in tps(&until) {
             let known = get(&from, t, p);
             let mut f = known.unwrap_or(0);
             let mut u = u;
@@ -1530,10 +1582,16 @@ impl Source for KafkaSource {
                 self.data_loss(format!("{t}-{p} should have offsets up to {u} but its latest offset is {hi}"))?;
                 u = hi;
             }
-            if f >= u {
-                continue;
+            readable.insert((t, p), (f, u));
+        }
+        // topic -> partition -> its pieces (from, until, slot), in offset order
+        let mut plan: BTreeMap<String, BTreeMap<i32, Vec<Piece>>> = BTreeMap::new();
+        for s in slices(&from, &until, self.min_partitions) {
+            let (lo, hi) = readable.get(&(s.topic.as_str(), s.partition)).copied().unwrap_or((s.from, s.until));
+            let (f, u) = (s.from.max(lo), s.until.min(hi));
+            if f < u {
+                plan.entry(s.topic).or_default().entry(s.partition).or_default().push((f, u, s.slot));
             }
-            plan.entry(t.to_string()).or_default().insert(p, (f, u, slot as u32));
         }
         let consumer = self.consumer.clone();
         let schema = self.schema.clone();
@@ -1747,11 +1805,49 @@ mod tests {
     fn slices_are_numbered_like_the_exact_read() {
         let until = offsets(&[("a", 0, 5), ("a", 1, 3), ("b", 0, 2)]);
         let from = offsets(&[("a", 0, 5), ("a", 1, 0)]);
-        let s = slices(&from, &until);
-        let got: Vec<(&str, i32, i64, i64, u32)> =
-            s.iter().map(|s| (s.topic.as_str(), s.partition, s.from, s.until, s.slot)).collect();
+        let got = |min: Option<u64>| -> Vec<(String, i32, i64, i64, u32)> {
+            slices(&from, &until, min).into_iter().map(|s| (s.topic, s.partition, s.from, s.until, s.slot)).collect()
+        };
         // a-0 has nothing new but keeps slot 0; b-0 is new and starts at 0.
-        assert_eq!(got, vec![("a", 1, 0, 3, 1), ("b", 0, 0, 2, 2)]);
+        let one_to_one = vec![("a".into(), 1, 0, 3, 1), ("b".into(), 0, 0, 2, 2)];
+        assert_eq!(got(None), one_to_one);
+        // minPartitions at or below the non-empty ranges changes nothing (Spark's rule).
+        assert_eq!(got(Some(2)), one_to_one);
+        // Above: cut in proportion to size (3 of 5 offsets -> 2 pieces, 2 -> 1), numbered in order.
+        assert_eq!(got(Some(3)), vec![("a".into(), 1, 0, 1, 0), ("a".into(), 1, 1, 3, 1), ("b".into(), 0, 0, 2, 2)]);
+    }
+
+    #[test]
+    fn min_partitions_cuts_a_partition_into_contiguous_pieces() {
+        let pieces = |from: i64, until: i64, min: u64| -> Vec<(i64, i64, u32)> {
+            slices(&offsets(&[("t", 0, from)]), &offsets(&[("t", 0, until)]), Some(min))
+                .into_iter()
+                .map(|s| (s.from, s.until, s.slot))
+                .collect()
+        };
+        assert_eq!(pieces(100, 1100, 4), vec![(100, 350, 0), (350, 600, 1), (600, 850, 2), (850, 1100, 3)]);
+        // Sizes differ by at most one; the last pieces take the remainder.
+        assert_eq!(pieces(0, 10, 3), vec![(0, 3, 0), (3, 6, 1), (6, 10, 2)]);
+        // Fewer offsets than pieces: one offset each, no empty pieces.
+        assert_eq!(pieces(0, 2, 5), vec![(0, 1, 0), (1, 2, 1)]);
+        // Nothing new: nothing to read.
+        assert_eq!(pieces(7, 7, 4), vec![]);
+        // The buffered reader puts each piece's records in its logical partition, in order.
+        let mut b = Buffer::new(&offsets(&[("t", 0, 0)]));
+        for i in 0..10 {
+            b.append("t", 0, rec(i));
+        }
+        let s = slices(&offsets(&[("t", 0, 0)]), &offsets(&[("t", 0, 10)]), Some(3));
+        let (out, _) = build_batches(&b, &s, &kafka_schema(false)).expect("builds");
+        let got: Vec<(u32, Vec<i64>)> = out
+            .iter()
+            .map(|(slot, batch)| {
+                let offs =
+                    batch.column(4).as_any().downcast_ref::<arrow_array::Int64Array>().map(|a| a.values().to_vec());
+                (*slot, offs.unwrap_or_default())
+            })
+            .collect();
+        assert_eq!(got, vec![(0, vec![0, 1, 2]), (1, vec![3, 4, 5]), (2, vec![6, 7, 8, 9])]);
     }
 
     #[test]
@@ -1771,7 +1867,7 @@ mod tests {
         b.append("t", 1, rec(0));
         let from = offsets(&[("t", 0, 0), ("t", 1, 0)]);
         let until = offsets(&[("t", 0, 3), ("t", 1, 0)]);
-        let (out, times) = build_batches(&b, &slices(&from, &until), &schema).expect("builds");
+        let (out, times) = build_batches(&b, &slices(&from, &until, None), &schema).expect("builds");
         assert_eq!(out.len(), 1);
         let (slot, batch) = &out[0];
         assert_eq!(*slot, 0);
