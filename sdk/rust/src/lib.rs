@@ -10,6 +10,7 @@ pub use arrow_buffer;
 pub use arrow_schema;
 pub use arrow_select;
 
+pub mod filter;
 pub mod wire;
 
 #[cfg(feature = "bindings")]

@@ -448,6 +448,20 @@ mod tests {
         bad[at] = 0xc3; // a lone lead byte
         let e = decode_batch_unguarded(&s, bad, false).expect_err("invalid UTF-8");
         assert!(e.to_string().contains("column `s`"), "{e}");
+        // Valid UTF-8 ("éé" and "x"), but the first value's end moved into the middle of an
+        // "é": each value would be invalid, though the whole buffer is not.
+        let good = RecordBatch::try_new(s.clone(), vec![Arc::new(StringArray::from(vec!["éé", "x"]))]).expect("batch");
+        let bytes = encode_batch(&[good]).expect("encode");
+        let mut bad = bytes.clone();
+        let at = bytes.windows(12).position(|w| w == [0, 0, 0, 0, 4, 0, 0, 0, 5, 0, 0, 0]).expect("the offsets");
+        bad[at + 4] = 3;
+        let e = decode_batch_unguarded(&s, bad.clone(), false).expect_err("an offset inside a character");
+        assert!(e.to_string().contains("splits a UTF-8 character"), "{e}");
+        // Offsets past the end of the values.
+        let mut beyond = bytes.clone();
+        beyond[at + 8] = 200;
+        let e = decode_batch_unguarded(&s, beyond, false).expect_err("offsets beyond the values");
+        assert!(e.to_string().contains("offsets reach byte 200"), "{e}");
     }
 
     #[test]
