@@ -132,14 +132,16 @@ pub fn encode_schema(schema: &Schema) -> Vec<u8> {
 /// Encodes `batches` (each a record batch message, with its dictionaries before it) against a
 /// schema the reader already has (0.2.0).
 pub fn encode_batch(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
-    let mut out = Vec::with_capacity(payload_size(batches) + 512 * batches.len().max(1));
-    let Some(first) = batches.first() else { return Ok(out) };
+    let Some(first) = batches.first() else { return Ok(Vec::new()) };
     if flat::is_flat(&first.schema()) {
+        // Each message reserves what it writes.
+        let mut out = Vec::new();
         for b in batches {
             flat::encode(b, &mut out)?;
         }
         return Ok(out);
     }
+    let out = Vec::with_capacity(payload_size(batches) + 512 * batches.len());
     encode_batch_ipc(first, batches, out)
 }
 

@@ -56,62 +56,78 @@ fn byte_buffers<O: OffsetSizeTrait>(offsets: &Buffer, values: &Buffer, off: usiz
     (offsets, values.slice_with_length(first, last - first))
 }
 
+thread_local! {
+    /// The message flatbuffer's builder, reused (its buffers stay allocated between calls).
+    static BUILDER: std::cell::RefCell<flatbuffers::FlatBufferBuilder<'static>> =
+        std::cell::RefCell::new(flatbuffers::FlatBufferBuilder::with_capacity(1024));
+}
+
+/// The bytes of a part of a message body (`None`: no bytes).
+fn part_bytes(part: &Option<Buffer>) -> &[u8] {
+    part.as_ref().map_or(&[], |b| b.as_slice())
+}
+
 /// Appends one record batch message for `batch` (whose schema is flat) to `out`.
 pub(super) fn encode(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), ArrowError> {
     let columns = batch.columns();
     let mut nodes = Vec::with_capacity(columns.len());
-    let mut parts: Vec<Buffer> = Vec::with_capacity(columns.len() * 3);
+    // The buffers to write, in order; `None` is an empty one (no validity bitmap).
+    let mut parts: Vec<Option<Buffer>> = Vec::with_capacity(columns.len() * 3);
     for col in columns {
         let d = col.to_data();
         let (off, len) = (d.offset(), d.len());
         nodes.push(arrow_ipc::FieldNode::new(len as i64, d.null_count() as i64));
         parts.push(match d.nulls() {
-            Some(n) if n.null_count() > 0 => n.inner().sliced(),
-            _ => Buffer::from_vec(Vec::<u8>::new()),
+            Some(n) if n.null_count() > 0 => Some(n.inner().sliced()),
+            _ => None,
         });
         let bufs = d.buffers();
         match d.data_type() {
-            DataType::Boolean => parts.push(BooleanBuffer::new(bufs[0].clone(), off, len).sliced()),
+            DataType::Boolean => parts.push(Some(BooleanBuffer::new(bufs[0].clone(), off, len).sliced())),
             DataType::Utf8 | DataType::Binary => {
                 let (o, v) = byte_buffers::<i32>(&bufs[0], &bufs[1], off, len);
-                parts.extend([o, v]);
+                parts.extend([Some(o), Some(v)]);
             }
             DataType::LargeUtf8 | DataType::LargeBinary => {
                 let (o, v) = byte_buffers::<i64>(&bufs[0], &bufs[1], off, len);
-                parts.extend([o, v]);
+                parts.extend([Some(o), Some(v)]);
             }
             t => {
                 let w = t.primitive_width().ok_or_else(|| ipc_err(format!("{t} is not a flat type")))?;
-                parts.push(bufs[0].slice_with_length(off * w, len * w));
+                parts.push(Some(bufs[0].slice_with_length(off * w, len * w)));
             }
         }
     }
     let mut specs = Vec::with_capacity(parts.len());
     let mut at = 0usize;
     for p in &parts {
-        specs.push(arrow_ipc::Buffer::new(at as i64, p.len() as i64));
-        at += padded(p.len());
+        let n = part_bytes(p).len();
+        specs.push(arrow_ipc::Buffer::new(at as i64, n as i64));
+        at += padded(n);
     }
-    let mut fbb = flatbuffers::FlatBufferBuilder::with_capacity(256 + 32 * parts.len());
-    let nodes = fbb.create_vector(&nodes);
-    let buffers = fbb.create_vector(&specs);
-    let mut rb = arrow_ipc::RecordBatchBuilder::new(&mut fbb);
-    rb.add_length(batch.num_rows() as i64);
-    rb.add_nodes(nodes);
-    rb.add_buffers(buffers);
-    let header = rb.finish().as_union_value();
-    let mut m = arrow_ipc::MessageBuilder::new(&mut fbb);
-    m.add_version(arrow_ipc::MetadataVersion::V5);
-    m.add_header_type(arrow_ipc::MessageHeader::RecordBatch);
-    m.add_bodyLength(at as i64);
-    m.add_header(header);
-    let m = m.finish();
-    fbb.finish(m, None);
-    out.reserve(fbb.finished_data().len() + 16 + at);
-    write_header(out, fbb.finished_data());
+    BUILDER.with_borrow_mut(|fbb| {
+        fbb.reset();
+        let nodes = fbb.create_vector(&nodes);
+        let buffers = fbb.create_vector(&specs);
+        let mut rb = arrow_ipc::RecordBatchBuilder::new(fbb);
+        rb.add_length(batch.num_rows() as i64);
+        rb.add_nodes(nodes);
+        rb.add_buffers(buffers);
+        let header = rb.finish().as_union_value();
+        let mut m = arrow_ipc::MessageBuilder::new(fbb);
+        m.add_version(arrow_ipc::MetadataVersion::V5);
+        m.add_header_type(arrow_ipc::MessageHeader::RecordBatch);
+        m.add_bodyLength(at as i64);
+        m.add_header(header);
+        let m = m.finish();
+        fbb.finish(m, None);
+        out.reserve(fbb.finished_data().len() + 16 + at);
+        write_header(out, fbb.finished_data());
+    });
     for p in &parts {
-        out.extend_from_slice(p.as_slice());
-        out.resize(out.len() + padded(p.len()) - p.len(), 0);
+        let b = part_bytes(p);
+        out.extend_from_slice(b);
+        out.resize(out.len() + padded(b.len()) - b.len(), 0);
     }
     Ok(())
 }
