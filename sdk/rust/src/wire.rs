@@ -295,10 +295,10 @@ fn decode_batch_unguarded(schema: &SchemaRef, bytes: Vec<u8>, from_host: bool) -
                     return Err(ipc_err("compressed IPC buffers are refused at the plugin boundary"));
                 }
                 check_buffers(&b, body.len())?;
-                out.push(if from_host {
+                out.push(if flat {
+                    flat::decode(schema, b, &body, from_host)?
+                } else if from_host {
                     read_from_host(&body, b, schema, &dictionaries, &version)?
-                } else if flat {
-                    flat::decode(schema, b, &body)?
                 } else {
                     arrow_ipc::reader::read_record_batch(&body, b, schema.clone(), &dictionaries, None, &version)?
                 });
@@ -403,7 +403,8 @@ mod tests {
         // And ours round trip.
         let back = decode_batch_unguarded(&schema, encode_batch(&samples).expect("encode"), false).expect("decode");
         assert_eq!(back, samples);
-        // A plugin's unvalidated read of what the host sent: the same batches.
+        // A plugin's unvalidated reads of what the host sent (arrow-ipc's, and the fast path's
+        // as a plugin on Wasm reads it): the same batches.
         let buf = Buffer::from_vec(encode_batch(&samples).expect("encode"));
         let mut trusted = Vec::new();
         for (m, body) in messages(&buf).expect("messages") {
@@ -411,6 +412,8 @@ mod tests {
             trusted.push(read_from_host(&body, b, &schema, &HashMap::new(), &m.version()).expect("read"));
         }
         assert_eq!(trusted, samples);
+        let from_host = decode_batch_unguarded(&schema, encode_batch(&samples).expect("encode"), true).expect("read");
+        assert_eq!(from_host, samples);
     }
 
     #[test]

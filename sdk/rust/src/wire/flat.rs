@@ -138,28 +138,34 @@ fn aligned(buf: Buffer, align: usize) -> Buffer {
     if (buf.as_ptr() as usize).is_multiple_of(align) { buf } else { Buffer::from_slice_ref(buf.as_slice()) }
 }
 
-/// The `len + 1` offsets at the start of `buf`, checked: non-negative and never decreasing.
-fn offsets<O: OffsetSizeTrait>(buf: Buffer, len: usize, column: &str) -> Result<OffsetBuffer<O>, ArrowError> {
+/// The `len + 1` offsets at the start of `buf`, checked: non-negative and never decreasing
+/// (`trusted`: the first only).
+fn offsets<O: OffsetSizeTrait>(
+    buf: Buffer,
+    len: usize,
+    column: &str,
+    trusted: bool,
+) -> Result<ScalarBuffer<O>, ArrowError> {
     let width = std::mem::size_of::<O>();
     let need = (len + 1).checked_mul(width).ok_or_else(|| ipc_err(format!("column `{column}`: too many rows")))?;
     if buf.len() < need {
         if len == 0 {
-            return Ok(OffsetBuffer::new_empty());
+            return Ok(ScalarBuffer::from(vec![O::usize_as(0)]));
         }
         return Err(ipc_err(format!("column `{column}`: {} bytes of offsets for {len} rows", buf.len())));
     }
     let s = ScalarBuffer::<O>::new(aligned(buf.slice_with_length(0, need), width), 0, len + 1);
-    // Branch-free, so it vectorises (`OffsetBuffer::new` checks again, but would panic).
-    let increasing = s.windows(2).fold(true, |ok, w| ok & (w[0] <= w[1]));
+    // Branch-free, so it vectorises.
+    let increasing = trusted || s.windows(2).fold(true, |ok, w| ok & (w[0] <= w[1]));
     if s[0] < O::usize_as(0) || !increasing {
         return Err(ipc_err(format!("column `{column}`: offsets are negative or decreasing")));
     }
-    Ok(OffsetBuffer::new(s))
+    Ok(s)
 }
 
 /// Checks that `values` is UTF-8 and every offset falls on a character boundary: at once when
 /// it is ASCII (the common case, checked a word at a time), else byte by byte.
-fn check_utf8<O: OffsetSizeTrait>(offsets: &OffsetBuffer<O>, values: &[u8], column: &str) -> Result<(), ArrowError> {
+fn check_utf8<O: OffsetSizeTrait>(offsets: &[O], values: &[u8], column: &str) -> Result<(), ArrowError> {
     if values.is_ascii() {
         return Ok(());
     }
@@ -179,8 +185,9 @@ fn bytes<T: ByteArrayType>(
     len: usize,
     nulls: Option<NullBuffer>,
     column: &str,
+    trusted: bool,
 ) -> Result<ArrayRef, ArrowError> {
-    let offsets = offsets::<T::Offset>(offs, len, column)?;
+    let offsets = offsets::<T::Offset>(offs, len, column, trusted)?;
     let end = offsets.last().map_or(0, |o| o.as_usize());
     if end > values.len() {
         return Err(ipc_err(format!(
@@ -192,22 +199,26 @@ fn bytes<T: ByteArrayType>(
     if nulls.as_ref().is_some_and(|n| n.len() != len) {
         return Err(ipc_err(format!("column `{column}`: a validity bitmap of the wrong length")));
     }
-    if matches!(T::DATA_TYPE, DataType::Utf8 | DataType::LargeUtf8) {
+    if matches!(T::DATA_TYPE, DataType::Utf8 | DataType::LargeUtf8) && !trusted {
         check_utf8(&offsets, values.as_slice(), column)?;
     }
-    // SAFETY: what `try_new` checks, checked above, faster: the offsets are in bounds and never
-    // decrease (`offsets`), end within `values`, the bitmap has a bit per row, and for strings
-    // the values are UTF-8 with every offset on a character boundary.
+    // SAFETY: what `OffsetBuffer::new` and `try_new` check, checked above, faster: the offsets
+    // start at 0 or more and never decrease (`offsets`), end within `values`, the bitmap has a
+    // bit per row, and for strings the values are UTF-8 with every offset on a character
+    // boundary. Unless `trusted`: a plugin reading the host's own encoding of valid arrays,
+    // where any harm would stay in the plugin's sandbox (see `wire::read_from_host`).
     #[allow(unsafe_code, reason = "the array's invariants are checked above")]
-    let a = unsafe { GenericByteArray::<T>::new_unchecked(offsets, values, nulls) };
+    let a = unsafe { GenericByteArray::<T>::new_unchecked(OffsetBuffer::new_unchecked(offsets), values, nulls) };
     Ok(Arc::new(a))
 }
 
-/// Decodes one record batch message whose schema is flat (see [`is_flat`]), validating it.
+/// Decodes one record batch message whose schema is flat (see [`is_flat`]), validating it;
+/// `trusted` (a plugin reading what the host sent) skips the order of string offsets and UTF-8.
 pub(super) fn decode(
     schema: &SchemaRef,
     b: arrow_ipc::RecordBatch<'_>,
     body: &Buffer,
+    trusted: bool,
 ) -> Result<RecordBatch, ArrowError> {
     let rows = usize::try_from(b.length()).map_err(|_| ipc_err("negative row count"))?;
     let nodes = b.nodes().ok_or_else(|| ipc_err("a record batch without field nodes"))?;
@@ -274,10 +285,10 @@ pub(super) fn decode(
                 }
                 Arc::new(BooleanArray::new(BooleanBuffer::new(v, 0, rows), nulls))
             }
-            DataType::Utf8 => bytes::<GenericStringType<i32>>(buffer()?, buffer()?, rows, nulls, name)?,
-            DataType::LargeUtf8 => bytes::<GenericStringType<i64>>(buffer()?, buffer()?, rows, nulls, name)?,
-            DataType::Binary => bytes::<GenericBinaryType<i32>>(buffer()?, buffer()?, rows, nulls, name)?,
-            DataType::LargeBinary => bytes::<GenericBinaryType<i64>>(buffer()?, buffer()?, rows, nulls, name)?,
+            DataType::Utf8 => bytes::<GenericStringType<i32>>(buffer()?, buffer()?, rows, nulls, name, trusted)?,
+            DataType::LargeUtf8 => bytes::<GenericStringType<i64>>(buffer()?, buffer()?, rows, nulls, name, trusted)?,
+            DataType::Binary => bytes::<GenericBinaryType<i32>>(buffer()?, buffer()?, rows, nulls, name, trusted)?,
+            DataType::LargeBinary => bytes::<GenericBinaryType<i64>>(buffer()?, buffer()?, rows, nulls, name, trusted)?,
             t => {
                 let w = t.primitive_width().ok_or_else(|| ipc_err(format!("column `{name}`: {t} is not flat")))?;
                 let v = buffer()?;
