@@ -21,6 +21,7 @@ const SDK_FILES: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("../../sdk/rust/src/lib.rs")),
     ("src/wire.rs", include_str!("../../sdk/rust/src/wire.rs")),
     ("src/wire/flat.rs", include_str!("../../sdk/rust/src/wire/flat.rs")),
+    ("src/filter.rs", include_str!("../../sdk/rust/src/filter.rs")),
     ("src/bindings.rs", include_str!("../../sdk/rust/src/bindings.rs")),
     ("src/transform.rs", include_str!("../../sdk/rust/src/transform.rs")),
     ("src/source.rs", include_str!("../../sdk/rust/src/source.rs")),

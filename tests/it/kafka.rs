@@ -793,6 +793,11 @@ async fn kafka_option_mistakes_are_reported_by_name() {
             "console",
             "maxOffsetsPerTrigger",
         ),
+        (
+            format!(r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t", minPartitions = "3000000000" }}"#),
+            "console",
+            "minPartitions",
+        ),
         (format!(r#"{{ "kafka.bootstrap.servers" = "{bs}", subscribe = "t" }}"#), "kafka", "value"),
     ];
     for (opts, sink, needle) in cases {

@@ -136,7 +136,7 @@ pub(crate) struct KafkaSource {
     ending: Option<Ending>,
     max_per_trigger: Option<u64>,
     min_per_trigger: Option<u64>,
-    /// Spark's `minPartitions`: cut the batch's ranges into at least this many pieces.
+    /// Spark's `minPartitions`: cut the batch's ranges into about this many pieces.
     min_partitions: Option<u64>,
     max_trigger_delay: Duration,
     fail_on_data_loss: bool,
@@ -347,7 +347,11 @@ impl KafkaSource {
         };
         let max_per_trigger = positive("maxOffsetsPerTrigger")?;
         let min_per_trigger = positive("minOffsetsPerTrigger")?;
+        // Spark's option is an Int.
         let min_partitions = positive("minPartitions")?;
+        if min_partitions.is_some_and(|m| m > i32::MAX as u64) {
+            return Err(options.invalid(C, "minPartitions", "must be at most 2147483647"));
+        }
         if let (Some(min), Some(max)) = (min_per_trigger, max_per_trigger)
             && min > max
         {
@@ -1257,7 +1261,8 @@ fn slices(from: &Offsets, until: &Offsets, min_partitions: Option<u64>) -> Vec<S
     let mut out: Vec<Slice> = Vec::new();
     for s in whole {
         let size = s.until - s.from;
-        let parts = ((size as f64 / total * min).round() as i64).max(1);
+        // At least one piece, at most one per offset.
+        let parts = ((size as f64 / total * min).round() as i64).clamp(1, size);
         let (mut start, mut remaining) = (s.from, size);
         for part in 0..parts {
             // The last pieces take the rounding: sizes differ by at most one.
@@ -1828,8 +1833,10 @@ mod tests {
         assert_eq!(pieces(100, 1100, 4), vec![(100, 350, 0), (350, 600, 1), (600, 850, 2), (850, 1100, 3)]);
         // Sizes differ by at most one; the last pieces take the remainder.
         assert_eq!(pieces(0, 10, 3), vec![(0, 3, 0), (3, 6, 1), (6, 10, 2)]);
-        // Fewer offsets than pieces: one offset each, no empty pieces.
+        // Fewer offsets than pieces: one offset each, no empty pieces (and no loop over the
+        // pieces that would be empty, however large minPartitions is).
         assert_eq!(pieces(0, 2, 5), vec![(0, 1, 0), (1, 2, 1)]);
+        assert_eq!(pieces(0, 3, i32::MAX as u64).len(), 3);
         // Nothing new: nothing to read.
         assert_eq!(pieces(7, 7, 4), vec![]);
         // The buffered reader puts each piece's records in its logical partition, in order.

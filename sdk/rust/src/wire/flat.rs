@@ -147,7 +147,10 @@ fn offsets<O: OffsetSizeTrait>(
     trusted: bool,
 ) -> Result<ScalarBuffer<O>, ArrowError> {
     let width = std::mem::size_of::<O>();
-    let need = (len + 1).checked_mul(width).ok_or_else(|| ipc_err(format!("column `{column}`: too many rows")))?;
+    let need = len
+        .checked_add(1)
+        .and_then(|n| n.checked_mul(width))
+        .ok_or_else(|| ipc_err(format!("column `{column}`: too many rows")))?;
     if buf.len() < need {
         if len == 0 {
             return Ok(ScalarBuffer::from(vec![O::usize_as(0)]));
@@ -188,13 +191,16 @@ fn bytes<T: ByteArrayType>(
     trusted: bool,
 ) -> Result<ArrayRef, ArrowError> {
     let offsets = offsets::<T::Offset>(offs, len, column, trusted)?;
-    let end = offsets.last().map_or(0, |o| o.as_usize());
-    if end > values.len() {
+    // Compared in the offsets' own type (a 64-bit offset must not be truncated on a 32-bit
+    // target): then every offset, never above the last, fits in `usize`.
+    let last = offsets.last().copied().unwrap_or_default();
+    if T::Offset::from_usize(values.len()).is_some_and(|n| last > n) {
         return Err(ipc_err(format!(
-            "column `{column}`: offsets reach byte {end} of {} bytes of values",
+            "column `{column}`: offsets reach byte {last:?} of {} bytes of values",
             values.len()
         )));
     }
+    let end = last.as_usize();
     let values = values.slice_with_length(0, end);
     if nulls.as_ref().is_some_and(|n| n.len() != len) {
         return Err(ipc_err(format!("column `{column}`: a validity bitmap of the wrong length")));
