@@ -242,7 +242,8 @@ fn decode_schema_unguarded(bytes: Vec<u8>) -> Result<SchemaRef, ArrowError> {
     Ok(Arc::new(arrow_ipc::convert::fb_to_schema(ipc_schema)))
 }
 
-/// Reads a record batch the host sent to a plugin, without validating its arrays again.
+/// Reads a record batch the host sent to a plugin, without validating its arrays again (for
+/// schemas the flat path does not take; a flat batch takes `flat::decode` with `trusted`).
 ///
 /// Only a plugin's bindings (on Wasm) decode this way, and only the input of a call
 /// ([`decode_batch_from_host`]; [`decode_batch`] always validates): it comes from the host, which encoded
@@ -460,7 +461,7 @@ mod tests {
         let mut bad = bytes.clone();
         let at = bytes.windows(12).position(|w| w == [0, 0, 0, 0, 4, 0, 0, 0, 5, 0, 0, 0]).expect("the offsets");
         bad[at + 4] = 3;
-        let e = decode_batch_unguarded(&s, bad.clone(), false).expect_err("an offset inside a character");
+        let e = decode_batch_unguarded(&s, bad, false).expect_err("an offset inside a character");
         assert!(e.to_string().contains("splits a UTF-8 character"), "{e}");
         // Offsets past the end of the values.
         let mut beyond = bytes.clone();
