@@ -184,8 +184,12 @@ impl PluginRuntime {
         wasm.concurrency_support(false);
         // `SLUICE_PERF_MAP=1`: name plugin functions for `perf` (wasmtime writes
         // /tmp/perf-<pid>.map; build the plugin without `strip` to get its own function names).
-        if std::env::var_os("SLUICE_PERF_MAP").is_some_and(|v| v == "1") {
-            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        // `=jitdump`: also their machine code, for `perf annotate` (`perf record -k 1`, then
+        // `perf inject --jit`).
+        match std::env::var("SLUICE_PERF_MAP").as_deref() {
+            Ok("1") => _ = wasm.profiler(wasmtime::ProfilingStrategy::PerfMap),
+            Ok("jitdump") => _ = wasm.profiler(wasmtime::ProfilingStrategy::JitDump),
+            _ => {}
         }
         let mut cache_config = wasmtime::CacheConfig::new();
         cache_config.with_directory(config.cache_dir.join("wasmtime"));
@@ -624,14 +628,17 @@ impl Sandboxed {
             self.stats.fuel += fuel_before.saturating_sub(self.store.get_fuel().unwrap_or(0));
         }
         self.store.data().call.end();
-        let plugin = self.name.to_string();
+        // Named as a `String` only when the call failed (an allocation per call otherwise).
+        let name = Arc::clone(&self.name);
         match result {
             Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(e))) => Err(Error::Plugin { plugin, call, batch, fault: e.fault, message: e.message }),
+            Ok(Ok(Err(e))) => {
+                Err(Error::Plugin { plugin: name.to_string(), call, batch, fault: e.fault, message: e.message })
+            }
             Err(_) => {
                 self.poisoned = true;
                 Err(Error::PluginLimit {
-                    plugin,
+                    plugin: name.to_string(),
                     call,
                     batch,
                     limit: Limit::Time,
@@ -641,12 +648,12 @@ impl Sandboxed {
             Ok(Err(trap)) => {
                 self.poisoned = true;
                 if let Some(hit) = self.store.data().limiter.hit {
-                    return Err(limit_error(&plugin, call, batch, hit, self.limits.memory_bytes));
+                    return Err(limit_error(&name, call, batch, hit, self.limits.memory_bytes));
                 }
                 let code = trap.downcast_ref::<wasmtime::Trap>().copied();
                 if code == Some(wasmtime::Trap::OutOfFuel) {
                     return Err(Error::PluginLimit {
-                        plugin,
+                        plugin: name.to_string(),
                         call,
                         batch,
                         limit: Limit::Fuel,
@@ -663,7 +670,7 @@ impl Sandboxed {
                 };
                 let tail = self.store.data().call.tail().join("\n");
                 let message = if tail.is_empty() { root } else { format!("{root}; plugin output: {tail}") };
-                Err(Error::PluginTrap { plugin, call, batch, message })
+                Err(Error::PluginTrap { plugin: name.to_string(), call, batch, message })
             }
         }
     }

@@ -6,12 +6,17 @@
 //! short strings twice as slow in a plugin as natively. [`filter_record_batch`] moves strings
 //! and binaries of up to 16 bytes as one fixed 16-byte block (plain loads and stores in Wasm)
 //! and builds the output without validating it again (it is made of whole values of a valid
-//! array). Other columns go through arrow's kernel.
+//! array). The kept rows' indices are collected once per batch and shared by every string,
+//! binary and primitive column (walking a bitmap is what costs most in Wasm); other columns
+//! go through arrow's kernel.
 
 use std::sync::Arc;
 
 use arrow_array::types::{ByteArrayType, GenericBinaryType, GenericStringType};
-use arrow_array::{Array, ArrayRef, BooleanArray, GenericByteArray, OffsetSizeTrait, RecordBatch, RecordBatchOptions};
+use arrow_array::{
+    Array, ArrayRef, ArrowPrimitiveType, BooleanArray, GenericByteArray, OffsetSizeTrait, PrimitiveArray, RecordBatch,
+    RecordBatchOptions, downcast_primitive_array,
+};
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{ArrowError, DataType};
 use arrow_select::filter::{FilterBuilder, FilterPredicate};
@@ -34,46 +39,74 @@ pub fn filter_record_batch(batch: &RecordBatch, predicate: &BooleanArray) -> Res
         _ => predicate.values().clone(),
     };
     let kept = mask.count_set_bits();
+    if kept == batch.num_rows() {
+        return Ok(batch.clone());
+    }
+    let indices = kept_indices(&mask, kept);
     let mut predicate: Option<FilterPredicate> = None;
-    let mut by_arrow = |column: &ArrayRef| -> Result<ArrayRef, ArrowError> {
-        let p = predicate
-            .get_or_insert_with(|| FilterBuilder::new(&BooleanArray::new(mask.clone(), None)).optimize().build());
-        p.filter(column)
-    };
     let mut columns = Vec::with_capacity(batch.num_columns());
     for column in batch.columns() {
-        let any = column.as_any();
-        let out: ArrayRef = match column.data_type() {
-            DataType::Utf8 => bytes::<GenericStringType<i32>>(any.downcast_ref(), &mask, kept, &mut by_arrow)?,
-            DataType::LargeUtf8 => bytes::<GenericStringType<i64>>(any.downcast_ref(), &mask, kept, &mut by_arrow)?,
-            DataType::Binary => bytes::<GenericBinaryType<i32>>(any.downcast_ref(), &mask, kept, &mut by_arrow)?,
-            DataType::LargeBinary => bytes::<GenericBinaryType<i64>>(any.downcast_ref(), &mask, kept, &mut by_arrow)?,
-            _ => by_arrow(column)?,
-        };
+        let array: &dyn Array = column.as_ref();
+        let any = array.as_any();
+        let out: ArrayRef = downcast_primitive_array!(
+            array => primitive(array, &indices),
+            DataType::Utf8 => bytes::<GenericStringType<i32>>(any.downcast_ref(), &indices)?,
+            DataType::LargeUtf8 => bytes::<GenericStringType<i64>>(any.downcast_ref(), &indices)?,
+            DataType::Binary => bytes::<GenericBinaryType<i32>>(any.downcast_ref(), &indices)?,
+            DataType::LargeBinary => bytes::<GenericBinaryType<i64>>(any.downcast_ref(), &indices)?,
+            _ => predicate
+                .get_or_insert_with(|| FilterBuilder::new(&BooleanArray::new(mask.clone(), None)).optimize().build())
+                .filter(column)?,
+        );
         columns.push(out);
     }
     RecordBatch::try_new_with_options(batch.schema(), columns, &RecordBatchOptions::new().with_row_count(Some(kept)))
 }
 
+/// The positions of the `kept` set bits of `mask`, in order.
+///
+/// Written into place rather than pushed (in Wasm a `Vec` grown by `push` keeps its length in
+/// linear memory and stores it every row), in a function of its own (small enough for the
+/// runtime's compiler to keep its loop in registers).
+#[inline(never)]
+fn kept_indices(mask: &BooleanBuffer, kept: usize) -> Vec<usize> {
+    let mut indices = vec![0usize; kept];
+    let mut k = 0;
+    for (n, mut word) in mask.inner().bit_chunks(mask.offset(), mask.len()).iter_padded().enumerate() {
+        while word != 0 {
+            // `kept` is the number of set bits, so `k` stays in bounds.
+            indices[k] = n * 64 + word.trailing_zeros() as usize;
+            k += 1;
+            word &= word - 1;
+        }
+    }
+    indices
+}
+
+/// The validity of the kept rows, when the column has nulls.
+fn kept_nulls(nulls: Option<&NullBuffer>, indices: &[usize]) -> Option<NullBuffer> {
+    let nulls = nulls.filter(|n| n.null_count() > 0)?;
+    Some(NullBuffer::new(BooleanBuffer::collect_bool(indices.len(), |k| nulls.is_valid(indices[k]))))
+}
+
+/// The kept values of a fixed-width column.
+#[inline(never)]
+fn primitive<T: ArrowPrimitiveType>(array: &PrimitiveArray<T>, indices: &[usize]) -> ArrayRef {
+    let values = array.values();
+    let kept: ScalarBuffer<T::Native> = indices.iter().map(|&i| values[i]).collect();
+    // Same type (a timestamp keeps its time zone, a decimal its precision).
+    Arc::new(
+        PrimitiveArray::<T>::new(kept, kept_nulls(array.nulls(), indices)).with_data_type(array.data_type().clone()),
+    )
+}
+
 /// The kept values of a string or binary column.
-fn bytes<T: ByteArrayType>(
-    array: Option<&GenericByteArray<T>>,
-    mask: &BooleanBuffer,
-    kept: usize,
-    by_arrow: &mut impl FnMut(&ArrayRef) -> Result<ArrayRef, ArrowError>,
-) -> Result<ArrayRef, ArrowError> {
+fn bytes<T: ByteArrayType>(array: Option<&GenericByteArray<T>>, indices: &[usize]) -> Result<ArrayRef, ArrowError> {
     let Some(array) = array else {
         return Err(ArrowError::InvalidArgumentError("a column does not match its data type".into()));
     };
-    let nulls = match array.nulls() {
-        Some(n) if n.null_count() > 0 => {
-            let valid = by_arrow(&(Arc::new(BooleanArray::new(n.inner().clone(), None)) as ArrayRef))?;
-            let valid = valid.as_any().downcast_ref::<BooleanArray>().map(|v| v.values().clone());
-            valid.map(NullBuffer::new)
-        }
-        _ => None,
-    };
-    let (offsets, values) = copy_kept::<T::Offset>(array.value_offsets(), array.values().as_slice(), mask, kept);
+    let nulls = kept_nulls(array.nulls(), indices);
+    let (offsets, values) = copy_kept::<T::Offset>(array.value_offsets(), array.values().as_slice(), indices);
     let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
     // SAFETY: each output value is a whole value of `array` (valid: UTF-8 for strings), copied
     // in order at the offsets just computed, which start at 0, never decrease and end at the
@@ -83,18 +116,18 @@ fn bytes<T: ByteArrayType>(
     Ok(Arc::new(out))
 }
 
-/// The offsets (from 0) and concatenated bytes of the rows `mask` keeps.
-fn copy_kept<O: OffsetSizeTrait>(offs: &[O], src: &[u8], mask: &BooleanBuffer, kept: usize) -> (Vec<O>, Vec<u8>) {
-    let mut offsets = Vec::with_capacity(kept + 1);
-    let mut total = 0usize;
-    offsets.push(O::usize_as(0));
-    for i in mask.set_indices() {
-        total += (offs[i + 1] - offs[i]).as_usize();
-        offsets.push(O::usize_as(total));
-    }
-    let mut values = vec![0u8; total + BLOCK];
+/// The offsets (from 0) and concatenated bytes of the rows at `indices`, in one pass.
+#[inline(never)]
+fn copy_kept<O: OffsetSizeTrait>(offs: &[O], src: &[u8], indices: &[usize]) -> (Vec<O>, Vec<u8>) {
+    let mut offsets = vec![O::usize_as(0); indices.len() + 1];
+    let (Some(&first), Some(&last)) = (indices.first(), indices.last()) else {
+        return (offsets, Vec::new());
+    };
+    // Room for the bytes from the first kept value to the end of the last (valid offsets never
+    // decrease), and a block's overhang.
+    let mut values = vec![0u8; offs[last + 1].as_usize() - offs[first].as_usize() + BLOCK];
     let mut at = 0usize;
-    for i in mask.set_indices() {
+    for (&i, end_at) in indices.iter().zip(&mut offsets[1..]) {
         let (start, end) = (offs[i].as_usize(), offs[i + 1].as_usize());
         let len = end - start;
         if len <= BLOCK && start + BLOCK <= src.len() {
@@ -104,19 +137,27 @@ fn copy_kept<O: OffsetSizeTrait>(offs: &[O], src: &[u8], mask: &BooleanBuffer, k
             values[at..at + len].copy_from_slice(&src[start..end]);
         }
         at += len;
+        *end_at = O::usize_as(at);
     }
-    values.truncate(total);
+    values.truncate(at);
+    // A selective filter kept a small part of the room: give the rest back.
+    if values.capacity() > 2 * at + 4096 {
+        values.shrink_to_fit();
+    }
     (offsets, values)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{BinaryArray, Int64Array, LargeStringArray, StringArray};
-    use arrow_schema::{Field, Schema};
+    use arrow_array::{
+        BinaryArray, Decimal128Array, Float64Array, Int32Array, Int64Array, LargeStringArray, StringArray,
+        TimestampMillisecondArray,
+    };
+    use arrow_schema::{Field, Schema, TimeUnit};
 
     #[test]
-    fn matches_arrows_filter_on_strings_binaries_nulls_and_slices() {
+    fn matches_arrows_filter_on_strings_binaries_primitives_nulls_and_slices() -> Result<(), ArrowError> {
         let long = "a string longer than sixteen bytes, with ünïcödé";
         let words: Vec<Option<String>> = (0..300)
             .map(|i| match i % 7 {
@@ -131,7 +172,13 @@ mod tests {
             Field::new("s", DataType::Utf8, true),
             Field::new("l", DataType::LargeUtf8, true),
             Field::new("b", DataType::Binary, true),
+            Field::new("i", DataType::Int32, true),
+            Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, Some("+02:00".into())), true),
+            Field::new("d", DataType::Decimal128(10, 2), false),
+            Field::new("f", DataType::Float64, false),
+            Field::new("flag", DataType::Boolean, true),
         ]));
+        let maybe = |i: i64| (i % 5 != 0).then_some(i);
         let batch = RecordBatch::try_new(
             schema,
             vec![
@@ -139,6 +186,14 @@ mod tests {
                 Arc::new(words.iter().cloned().collect::<StringArray>()),
                 Arc::new(words.iter().cloned().collect::<LargeStringArray>()),
                 Arc::new(BinaryArray::from_iter(words.iter().map(|w| w.as_ref().map(|s| s.as_bytes())))),
+                Arc::new(Int32Array::from_iter((0..300).map(|i| maybe(i).map(|v| v as i32)))),
+                Arc::new(TimestampMillisecondArray::from_iter((0..300).map(maybe)).with_timezone("+02:00")),
+                Arc::new(
+                    Decimal128Array::from_iter_values((0..300).map(|i| i as i128 * 7))
+                        .with_precision_and_scale(10, 2)?,
+                ),
+                Arc::new(Float64Array::from_iter_values((0..300).map(|i| i as f64 / 3.0))),
+                Arc::new(BooleanArray::from_iter((0..300).map(|i| (i % 4 != 0).then_some(i % 3 == 0)))),
             ],
         )
         .expect("batch");
@@ -149,6 +204,8 @@ mod tests {
             BooleanArray::from_iter((0..290).map(|i| if i % 11 == 0 { None } else { Some(i % 2 == 0) })),
             BooleanArray::from(vec![false; 290]),
             BooleanArray::from(vec![true; 290]),
+            // A mask that is itself a slice (its bits start mid-byte).
+            BooleanArray::from_iter((0..300).map(|i| Some(i % 5 < 3))).slice(3, 290),
         ];
         for mask in masks {
             let want = arrow_select::filter::filter_record_batch(&batch, &mask).expect("arrow filters");
@@ -160,5 +217,6 @@ mod tests {
         }
         let short = BooleanArray::from(vec![true; 3]);
         assert!(filter_record_batch(&batch, &short).is_err());
+        Ok(())
     }
 }

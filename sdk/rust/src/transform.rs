@@ -105,10 +105,8 @@ impl<T: Transform> Instance<T> {
         let (input_schema, _) = self.schemas()?;
         let batches = wire::decode_batch_from_host(&input_schema, input)?;
         let mut t = self.inner.borrow_mut();
-        let mut out = Vec::with_capacity(batches.len());
-        for b in batches {
-            out.push(t.process(&ctx, b)?);
-        }
+        // Collected in place (no second vector).
+        let out = batches.into_iter().map(|b| t.process(&ctx, b)).collect::<Result<Vec<_>, _>>()?;
         Ok(wire::encode_batch(&out)?)
     }
 }

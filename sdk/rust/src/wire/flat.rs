@@ -16,8 +16,12 @@
 
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
 use arrow_array::types::{ByteArrayType, GenericBinaryType, GenericStringType};
-use arrow_array::{ArrayRef, BooleanArray, GenericByteArray, OffsetSizeTrait, RecordBatch, RecordBatchOptions};
+use arrow_array::{
+    Array, ArrayRef, ArrowPrimitiveType, BooleanArray, GenericByteArray, OffsetSizeTrait, PrimitiveArray, RecordBatch,
+    RecordBatchOptions, downcast_primitive,
+};
 use arrow_buffer::{ArrowNativeType, BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_data::ArrayDataBuilder;
 use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
@@ -45,17 +49,23 @@ fn padded(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
 
-/// The offsets of rows `off..off + len` starting at 0, and the range of values they span.
-fn byte_buffers<O: OffsetSizeTrait>(offsets: &Buffer, values: &Buffer, off: usize, len: usize) -> (Buffer, Buffer) {
-    let offs = ScalarBuffer::<O>::new(offsets.clone(), off, len + 1);
-    let (first, last) = (offs[0].as_usize(), offs[len].as_usize());
-    let offsets = if first == 0 {
-        offs.inner().clone()
-    } else {
-        let base = offs[0];
-        Buffer::from_vec(offs.iter().map(|o| *o - base).collect::<Vec<O>>())
+/// A string or binary column's offsets starting at 0, and the range of values they span.
+fn byte_buffers<T: ByteArrayType>(a: Option<&GenericByteArray<T>>) -> Result<(Buffer, Buffer), ArrowError> {
+    let a = a.ok_or_else(|| ipc_err("a column does not match its data type"))?;
+    let offs = a.offsets();
+    let (first, last) = (offs[0], offs[offs.len() - 1]);
+    let offsets = match first.as_usize() {
+        0 => offs.inner().inner().clone(),
+        _ => Buffer::from_vec(offs.iter().map(|o| *o - first).collect::<Vec<T::Offset>>()),
     };
-    (offsets, values.slice_with_length(first, last - first))
+    Ok((offsets, a.values().slice_with_length(first.as_usize(), (last - first).as_usize())))
+}
+
+/// A fixed-width column's values (exactly its rows').
+macro_rules! primitive_values {
+    ($t:ty, $col:expr) => {
+        $col.as_primitive_opt::<$t>().map(|a| a.values().inner().clone())
+    };
 }
 
 thread_local! {
@@ -72,45 +82,49 @@ fn part_bytes(part: &Option<Buffer>) -> &[u8] {
 /// Appends one record batch message for `batch` (whose schema is flat) to `out`.
 pub(super) fn encode(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), ArrowError> {
     let columns = batch.columns();
-    let mut nodes = Vec::with_capacity(columns.len());
-    // The buffers to write, in order; `None` is an empty one (no validity bitmap).
-    let mut parts: Vec<Option<Buffer>> = Vec::with_capacity(columns.len() * 3);
+    // The buffers to write, in order, each with its place in the body; `None` is an empty one
+    // (no validity bitmap). Read from the arrays themselves: `to_data` would allocate.
+    let mut parts: Vec<(Option<Buffer>, usize)> = Vec::with_capacity(columns.len() * 3);
+    let mut at = 0usize;
+    let mut push = |part: Option<Buffer>| {
+        let n = part_bytes(&part).len();
+        parts.push((part, at));
+        at += padded(n);
+    };
     for col in columns {
-        let d = col.to_data();
-        let (off, len) = (d.offset(), d.len());
-        nodes.push(arrow_ipc::FieldNode::new(len as i64, d.null_count() as i64));
-        parts.push(match d.nulls() {
+        push(match col.nulls() {
             Some(n) if n.null_count() > 0 => Some(n.inner().sliced()),
             _ => None,
         });
-        let bufs = d.buffers();
-        match d.data_type() {
-            DataType::Boolean => parts.push(Some(BooleanBuffer::new(bufs[0].clone(), off, len).sliced())),
-            DataType::Utf8 | DataType::Binary => {
-                let (o, v) = byte_buffers::<i32>(&bufs[0], &bufs[1], off, len);
-                parts.extend([Some(o), Some(v)]);
+        let any = col.as_any();
+        let (values, offsets) = match col.data_type() {
+            DataType::Boolean => (col.as_boolean_opt().map(|b| b.values().sliced()), None),
+            DataType::Utf8 => {
+                byte_buffers::<GenericStringType<i32>>(any.downcast_ref()).map(|(o, v)| (Some(v), Some(o)))?
             }
-            DataType::LargeUtf8 | DataType::LargeBinary => {
-                let (o, v) = byte_buffers::<i64>(&bufs[0], &bufs[1], off, len);
-                parts.extend([Some(o), Some(v)]);
+            DataType::LargeUtf8 => {
+                byte_buffers::<GenericStringType<i64>>(any.downcast_ref()).map(|(o, v)| (Some(v), Some(o)))?
             }
-            t => {
-                let w = t.primitive_width().ok_or_else(|| ipc_err(format!("{t} is not a flat type")))?;
-                parts.push(Some(bufs[0].slice_with_length(off * w, len * w)));
+            DataType::Binary => {
+                byte_buffers::<GenericBinaryType<i32>>(any.downcast_ref()).map(|(o, v)| (Some(v), Some(o)))?
             }
+            DataType::LargeBinary => {
+                byte_buffers::<GenericBinaryType<i64>>(any.downcast_ref()).map(|(o, v)| (Some(v), Some(o)))?
+            }
+            t => (downcast_primitive! { t => (primitive_values, col), _ => None }, None),
+        };
+        let values = values.ok_or_else(|| ipc_err(format!("{} is not a flat type", col.data_type())))?;
+        if offsets.is_some() {
+            push(offsets);
         }
+        push(Some(values));
     }
-    let mut specs = Vec::with_capacity(parts.len());
-    let mut at = 0usize;
-    for p in &parts {
-        let n = part_bytes(p).len();
-        specs.push(arrow_ipc::Buffer::new(at as i64, n as i64));
-        at += padded(n);
-    }
+    let nodes = columns.iter().map(|c| arrow_ipc::FieldNode::new(c.len() as i64, c.null_count() as i64));
+    let specs = parts.iter().map(|(p, at)| arrow_ipc::Buffer::new(*at as i64, part_bytes(p).len() as i64));
     BUILDER.with_borrow_mut(|fbb| {
         fbb.reset();
-        let nodes = fbb.create_vector(&nodes);
-        let buffers = fbb.create_vector(&specs);
+        let nodes = fbb.create_vector_from_iter(nodes);
+        let buffers = fbb.create_vector_from_iter(specs);
         let mut rb = arrow_ipc::RecordBatchBuilder::new(fbb);
         rb.add_length(batch.num_rows() as i64);
         rb.add_nodes(nodes);
@@ -126,7 +140,7 @@ pub(super) fn encode(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), Arrow
         out.reserve(fbb.finished_data().len() + 16 + at);
         write_header(out, fbb.finished_data());
     });
-    for p in &parts {
+    for (p, _) in &parts {
         let b = part_bytes(p);
         out.extend_from_slice(b);
         out.resize(out.len() + padded(b.len()) - b.len(), 0);
@@ -220,6 +234,28 @@ fn bytes<T: ByteArrayType>(
     Ok(Arc::new(a))
 }
 
+/// A fixed-width column of type `$t` over `values`, built straight from its buffer (copied
+/// first if it is not aligned for the type).
+macro_rules! primitive_array {
+    ($t:ty, $values:expr, $rows:expr, $nulls:expr, $data_type:expr) => {{
+        let values = aligned($values, std::mem::align_of::<<$t as ArrowPrimitiveType>::Native>());
+        let a = PrimitiveArray::<$t>::try_new(ScalarBuffer::new(values, 0, $rows), $nulls)?;
+        Arc::new(a.with_data_type($data_type.clone())) as ArrayRef
+    }};
+}
+
+/// A fixed-width column of `rows` values (`values` holds exactly their bytes): without an
+/// `ArrayData`, which would allocate and check the buffer again.
+fn primitive(t: &DataType, values: Buffer, rows: usize, nulls: Option<NullBuffer>) -> Result<ArrayRef, ArrowError> {
+    Ok(downcast_primitive! {
+        t => (primitive_array, values, rows, nulls, t),
+        _ => {
+            let data = ArrayDataBuilder::new(t.clone()).len(rows).nulls(nulls).add_buffer(values).build()?;
+            arrow_array::make_array(data)
+        }
+    })
+}
+
 /// Decodes one record batch message whose schema is flat (see [`is_flat`]), validating it;
 /// `trusted` (a plugin reading what the host sent) skips the order of string offsets and UTF-8.
 pub(super) fn decode(
@@ -303,13 +339,8 @@ pub(super) fn decode(
                 let need = rows.checked_mul(w).filter(|n| *n <= v.len()).ok_or_else(|| {
                     ipc_err(format!("column `{name}`: {} bytes of values for {rows} rows of {t}", v.len()))
                 })?;
-                let data = ArrayDataBuilder::new(t.clone())
-                    .len(rows)
-                    .nulls(nulls)
-                    .add_buffer(aligned(v.slice_with_length(0, need), w.min(16)))
-                    .build()
-                    .map_err(|e| ipc_err(format!("column `{name}`: {e}")))?;
-                arrow_array::make_array(data)
+                primitive(t, v.slice_with_length(0, need), rows, nulls)
+                    .map_err(|e| ipc_err(format!("column `{name}`: {e}")))?
             }
         };
         columns.push(col);
