@@ -83,10 +83,11 @@ fn kept_indices(mask: &BooleanBuffer, kept: usize) -> Vec<usize> {
     indices
 }
 
-/// The validity of the kept rows, when the column has nulls.
+/// The validity of the kept rows, when one of them is null (as arrow's filter: `None` otherwise).
 fn kept_nulls(nulls: Option<&NullBuffer>, indices: &[usize]) -> Option<NullBuffer> {
     let nulls = nulls.filter(|n| n.null_count() > 0)?;
-    Some(NullBuffer::new(BooleanBuffer::collect_bool(indices.len(), |k| nulls.is_valid(indices[k]))))
+    let kept = NullBuffer::new(BooleanBuffer::collect_bool(indices.len(), |k| nulls.is_valid(indices[k])));
+    (kept.null_count() > 0).then_some(kept)
 }
 
 /// The kept values of a fixed-width column.
@@ -206,11 +207,16 @@ mod tests {
             BooleanArray::from(vec![true; 290]),
             // A mask that is itself a slice (its bits start mid-byte).
             BooleanArray::from_iter((0..300).map(|i| Some(i % 5 < 3))).slice(3, 290),
+            // Only rows that are valid in every column: no validity bitmaps, as arrow's.
+            BooleanArray::from_iter((0..290).map(|i| Some((i + 5) % 140 == 1))),
         ];
         for mask in masks {
             let want = arrow_select::filter::filter_record_batch(&batch, &mask).expect("arrow filters");
             let got = filter_record_batch(&batch, &mask).expect("filters");
             assert_eq!(got, want);
+            for (g, w) in got.columns().iter().zip(want.columns()) {
+                assert_eq!(g.nulls().is_some(), w.nulls().is_some(), "{:?}", g.data_type());
+            }
             for c in got.columns() {
                 c.to_data().validate_full().expect("a valid array");
             }

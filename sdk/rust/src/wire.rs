@@ -16,7 +16,8 @@
 //! Flat schemas (primitive, boolean, string and binary columns) take a faster path that
 //! writes and reads the same messages (`flat.rs`). The one exception to validation: a plugin's
 //! bindings read the input of a call, which the host encoded from arrays it had validated,
-//! without validating it again (on Wasm only; see `read_from_host`).
+//! without verifying its flatbuffers or validating its arrays again (on Wasm only; see
+//! `message_at` and `read_from_host`; lengths and buffer bounds are still checked).
 
 use std::collections::HashMap;
 use std::sync::Arc;
