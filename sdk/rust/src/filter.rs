@@ -68,16 +68,38 @@ pub fn filter_record_batch(batch: &RecordBatch, predicate: &BooleanArray) -> Res
 /// Written into place rather than pushed (in Wasm a `Vec` grown by `push` keeps its length in
 /// linear memory and stores it every row), in a function of its own (small enough for the
 /// runtime's compiler to keep its loop in registers).
+///
+/// Its loops take four bits and eight values a turn: the runtime checks the call's deadline
+/// (an epoch check) at the head of every loop turn, which cost a filter plugin 18% of its time
+/// at one value a turn.
 #[inline(never)]
 fn kept_indices(mask: &BooleanBuffer, kept: usize) -> Vec<usize> {
     let mut indices = vec![0usize; kept];
     let mut k = 0;
     for (n, mut word) in mask.inner().bit_chunks(mask.offset(), mask.len()).iter_padded().enumerate() {
+        let base = n * 64;
+        // `kept` is the number of set bits, so `k` stays in bounds.
+        macro_rules! take {
+            () => {
+                indices[k] = base + word.trailing_zeros() as usize;
+                k += 1;
+                word &= word - 1;
+            };
+        }
         while word != 0 {
-            // `kept` is the number of set bits, so `k` stays in bounds.
-            indices[k] = n * 64 + word.trailing_zeros() as usize;
-            k += 1;
-            word &= word - 1;
+            take!();
+            if word == 0 {
+                break;
+            }
+            take!();
+            if word == 0 {
+                break;
+            }
+            take!();
+            if word == 0 {
+                break;
+            }
+            take!();
         }
     }
     indices
@@ -94,7 +116,18 @@ fn kept_nulls(nulls: Option<&NullBuffer>, indices: &[usize]) -> Option<NullBuffe
 #[inline(never)]
 fn primitive<T: ArrowPrimitiveType>(array: &PrimitiveArray<T>, indices: &[usize]) -> ArrayRef {
     let values = array.values();
-    let kept: ScalarBuffer<T::Native> = indices.iter().map(|&i| values[i]).collect();
+    let mut kept = vec![T::Native::default(); indices.len()];
+    // Eight a turn (see `kept_indices`).
+    let (mut to, mut from) = (kept.chunks_exact_mut(8), indices.chunks_exact(8));
+    for (to, from) in (&mut to).zip(&mut from) {
+        for j in 0..8 {
+            to[j] = values[from[j]];
+        }
+    }
+    for (to, &i) in to.into_remainder().iter_mut().zip(from.remainder()) {
+        *to = values[i];
+    }
+    let kept = ScalarBuffer::from(kept);
     // Same type (a timestamp keeps its time zone, a decimal its precision).
     Arc::new(
         PrimitiveArray::<T>::new(kept, kept_nulls(array.nulls(), indices)).with_data_type(array.data_type().clone()),
