@@ -156,11 +156,11 @@ fn plugin_path(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
     Ok(p)
 }
 
-/// Runs the benchmark sections (`wordcount`, `boundary`, `roles`, `state`, `growth`, `windowed`; all when
+/// Runs the benchmark sections (`wordcount`, `boundary`, `filter`, `roles`, `state`, `growth`, `windowed`; all when
 /// `only` is empty) and prints the results. `max_keys` caps the `state` section's sizes.
 pub async fn run(lines: usize, plugins: &Path, dir: &Path, only: &[String], max_keys: u64) -> Result<()> {
     let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
-    const SECTIONS: [&str; 6] = ["wordcount", "boundary", "roles", "state", "growth", "windowed"];
+    const SECTIONS: [&str; 7] = ["wordcount", "boundary", "filter", "roles", "state", "growth", "windowed"];
     if let Some(bad) = only.iter().find(|o| !SECTIONS.contains(&o.as_str())) {
         let message = format!("unknown bench section {bad:?}; the sections are {}", SECTIONS.join(", "));
         return Err(Error::Config { location: None, message });
@@ -169,7 +169,10 @@ pub async fn run(lines: usize, plugins: &Path, dir: &Path, only: &[String], max_
         wordcount_section(lines, plugins, dir).await?;
     }
     if want("boundary") {
-        boundary(plugins, &plugin_path(plugins, "identity")?, &plugin_path(plugins, "filter")?).await?;
+        boundary(plugins, &plugin_path(plugins, "identity")?).await?;
+    }
+    if want("filter") {
+        filter(&plugin_path(plugins, "filter")?).await?;
     }
     if want("roles") {
         roles(plugins, dir).await?;
@@ -344,9 +347,22 @@ fn round_trips(b: &RecordBatch, reps: usize) -> Result<(Duration, Duration, Dura
     Ok((stream, messages, buffers))
 }
 
-/// The Wasm boundary: wire formats side by side, the identity plugin's call cost in both
-/// contract versions, and a Wasm filter against a native one.
-async fn boundary(plugins: &Path, identity: &Path, filter: &Path) -> Result<()> {
+/// The context of every call the boundary and filter sections make.
+fn bench_context() -> CallContext {
+    CallContext {
+        query_id: Arc::from("bench"),
+        batch_id: 0,
+        attempt: 0,
+        partition: 0,
+        num_partitions: 1,
+        watermark_ms: None,
+        batch_timestamp_ms: 0,
+    }
+}
+
+/// The Wasm boundary: wire formats side by side and the identity plugin's call cost in both
+/// contract versions.
+async fn boundary(plugins: &Path, identity: &Path) -> Result<()> {
     let runtime = PluginRuntime::try_new(RuntimeConfig::new(&default_cache_dir()))?;
     let limits = PluginLimits::default().memory(2 << 30);
     let id = runtime.load(&PluginSpec::new(identity).limits(limits), Role::Transform).await?;
@@ -355,7 +371,6 @@ async fn boundary(plugins: &Path, identity: &Path, filter: &Path) -> Result<()> 
         true => Some(runtime.load(&PluginSpec::new(&fixture).limits(limits), Role::Transform).await?),
         false => None,
     };
-    let fl = runtime.load(&PluginSpec::new(filter).limits(limits), Role::Transform).await?;
     // evil_raw in an unknown mode hands the input bytes back untouched: the boundary without a
     // guest-side codec.
     let raw = runtime
@@ -364,15 +379,7 @@ async fn boundary(plugins: &Path, identity: &Path, filter: &Path) -> Result<()> 
             Role::Transform,
         )
         .await?;
-    let ctx = CallContext {
-        query_id: Arc::from("bench"),
-        batch_id: 0,
-        attempt: 0,
-        partition: 0,
-        num_partitions: 1,
-        watermark_ms: None,
-        batch_timestamp_ms: 0,
-    };
+    let ctx = bench_context();
     println!("\n## Wasm boundary: one `process` call of the identity plugin, and the wire formats natively\n");
     println!(
         "| rows/batch | wasm call, 0.2.0 (IPC messages) | wasm call, 0.1.0 (IPC stream) | native round trip: IPC stream | IPC messages | buffers in a record | per row (0.2.0) |"
@@ -446,6 +453,15 @@ async fn boundary(plugins: &Path, identity: &Path, filter: &Path) -> Result<()> 
         );
     }
 
+    Ok(())
+}
+
+/// A Wasm filter plugin against the same filter natively, over the same codec.
+async fn filter(filter: &Path) -> Result<()> {
+    let runtime = PluginRuntime::try_new(RuntimeConfig::new(&default_cache_dir()))?;
+    let limits = PluginLimits::default().memory(2 << 30);
+    let fl = runtime.load(&PluginSpec::new(filter).limits(limits), Role::Transform).await?;
+    let ctx = bench_context();
     println!("\n## Filter (keep even values): Wasm plugin vs the same filter in native Rust over IPC\n");
     println!("The plugin filters with the SDK's kernel; natively both arrow's and the SDK's run, and");
     println!("the ratio is against the faster.\n");
