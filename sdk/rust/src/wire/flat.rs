@@ -49,8 +49,11 @@ fn padded(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
 
-/// A string or binary column's offsets starting at 0, and the range of values they span.
-fn byte_buffers<T: ByteArrayType>(a: Option<&GenericByteArray<T>>) -> Result<(Buffer, Buffer), ArrowError> {
+/// A string or binary column's values (the range its offsets span) and offsets (starting at 0),
+/// as the body parts `encode` writes.
+fn byte_buffers<T: ByteArrayType>(
+    a: Option<&GenericByteArray<T>>,
+) -> Result<(Option<Buffer>, Option<Buffer>), ArrowError> {
     let a = a.ok_or_else(|| ipc_err("a column does not match its data type"))?;
     let offs = a.offsets();
     let (first, last) = (offs[0], offs[offs.len() - 1]);
@@ -58,7 +61,7 @@ fn byte_buffers<T: ByteArrayType>(a: Option<&GenericByteArray<T>>) -> Result<(Bu
         0 => offs.inner().inner().clone(),
         _ => Buffer::from_vec(offs.iter().map(|o| *o - first).collect::<Vec<T::Offset>>()),
     };
-    Ok((offsets, a.values().slice_with_length(first.as_usize(), (last - first).as_usize())))
+    Ok((Some(a.values().slice_with_length(first.as_usize(), (last - first).as_usize())), Some(offsets)))
 }
 
 /// A fixed-width column's values (exactly its rows').
@@ -99,18 +102,10 @@ pub(super) fn encode(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), Arrow
         let any = col.as_any();
         let (values, offsets) = match col.data_type() {
             DataType::Boolean => (col.as_boolean_opt().map(|b| b.values().sliced()), None),
-            DataType::Utf8 => {
-                byte_buffers::<GenericStringType<i32>>(any.downcast_ref()).map(|(o, v)| (Some(v), Some(o)))?
-            }
-            DataType::LargeUtf8 => {
-                byte_buffers::<GenericStringType<i64>>(any.downcast_ref()).map(|(o, v)| (Some(v), Some(o)))?
-            }
-            DataType::Binary => {
-                byte_buffers::<GenericBinaryType<i32>>(any.downcast_ref()).map(|(o, v)| (Some(v), Some(o)))?
-            }
-            DataType::LargeBinary => {
-                byte_buffers::<GenericBinaryType<i64>>(any.downcast_ref()).map(|(o, v)| (Some(v), Some(o)))?
-            }
+            DataType::Utf8 => byte_buffers::<GenericStringType<i32>>(any.downcast_ref())?,
+            DataType::LargeUtf8 => byte_buffers::<GenericStringType<i64>>(any.downcast_ref())?,
+            DataType::Binary => byte_buffers::<GenericBinaryType<i32>>(any.downcast_ref())?,
+            DataType::LargeBinary => byte_buffers::<GenericBinaryType<i64>>(any.downcast_ref())?,
             t => (downcast_primitive! { t => (primitive_values, col), _ => None }, None),
         };
         let values = values.ok_or_else(|| ipc_err(format!("{} is not a flat type", col.data_type())))?;
