@@ -452,15 +452,14 @@ async fn boundary(plugins: &Path, identity: &Path) -> Result<()> {
             us(dec)
         );
     }
-
     Ok(())
 }
 
 /// A Wasm filter plugin against the same filter natively, over the same codec.
-async fn filter(filter: &Path) -> Result<()> {
+async fn filter(plugin: &Path) -> Result<()> {
     let runtime = PluginRuntime::try_new(RuntimeConfig::new(&default_cache_dir()))?;
     let limits = PluginLimits::default().memory(2 << 30);
-    let fl = runtime.load(&PluginSpec::new(filter).limits(limits), Role::Transform).await?;
+    let fl = runtime.load(&PluginSpec::new(plugin).limits(limits), Role::Transform).await?;
     let ctx = bench_context();
     println!("\n## Filter (keep even values): Wasm plugin vs the same filter in native Rust over IPC\n");
     println!("The plugin filters with the SDK's kernel; natively both arrow's and the SDK's run, and");

@@ -127,7 +127,7 @@ enum Command {
         /// Records for the Kafka benchmark.
         #[arg(long, default_value_t = 1_000_000)]
         records: usize,
-        /// Run only these sections: wordcount, boundary, roles, state, growth, windowed (repeatable;
+        /// Run only these sections: wordcount, boundary, filter, roles, state, growth, windowed (repeatable;
         /// default: all).
         #[arg(long)]
         only: Vec<String>,
