@@ -1375,10 +1375,24 @@ fn event_time_key(group: &[Expr], column: &str, windows: &[(String, Expr)]) -> O
     })
 }
 
+/// Rows of a page a snapshot filters, converts and encodes at a time.
+const SNAPSHOT_SLICE_ROWS: usize = 1 << 15;
+
 /// A snapshot of `table`: its pages (shared) with their live-row masks, filtered and turned into
-/// state rows (typed keys) one page at a time as the snapshot is written, off the loop.
+/// state rows (typed keys) a slice of [`SNAPSHOT_SLICE_ROWS`] at a time as the snapshot is
+/// written, off the loop. In slices, the transient copies (filtered rows, typed keys, the
+/// encoded message) stay small: whole pages' copies, made on the blocking pool's threads, stayed
+/// resident in those threads' malloc arenas (a 2 M-key state's peak memory per key with a
+/// checkpoint 93-98 B by whole pages, with one arena 72-73 B).
 fn snapshot(table: &StateTable, converter: Option<Arc<RowConverter>>, schema: SchemaRef) -> crate::state::Snapshot {
-    Box::new(table.pages().into_iter().map(move |(page, live)| {
+    let slices = table.pages().into_iter().flat_map(|(page, live)| {
+        let rows = page.num_rows();
+        (0..rows).step_by(SNAPSHOT_SLICE_ROWS).map(move |at| {
+            let len = SNAPSHOT_SLICE_ROWS.min(rows - at);
+            (page.slice(at, len), live.as_ref().map(|m| m.slice(at, len)))
+        })
+    });
+    Box::new(slices.map(move |(page, live)| {
         let page = match live {
             Some(mask) => arrow_select::filter::filter_record_batch(&page, &mask)?,
             None => page,

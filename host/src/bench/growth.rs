@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::{RecordBatch, StringArray};
+use arrow_array::RecordBatch;
+use arrow_array::builder::StringBuilder;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::checkpoint::Checkpoint;
@@ -39,9 +40,15 @@ fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// A batch of keys `k0000000`…, built as a source builds its arrays: without a `String` per row.
 fn key_batch(schema: &SchemaRef, ids: impl Iterator<Item = u64>) -> Result<RecordBatch> {
-    let keys: StringArray = ids.map(|i| Some(format!("k{i:07}"))).collect();
-    Ok(RecordBatch::try_new(schema.clone(), vec![Arc::new(keys)])?)
+    use std::fmt::Write as _;
+    let mut keys = StringBuilder::new();
+    for i in ids {
+        write!(keys, "k{i:07}").map_err(|e| Error::Internal(e.to_string()))?;
+        keys.append_value("");
+    }
+    Ok(RecordBatch::try_new(schema.clone(), vec![Arc::new(keys.finish())])?)
 }
 
 struct StateRun {
@@ -187,6 +194,29 @@ pub(super) async fn state(dir: &Path, max_keys: u64) -> Result<()> {
             );
         }
     }
+    if max_keys >= INDEX_DOUBLING {
+        index_doubling(dir).await?;
+    }
+    Ok(())
+}
+
+/// Keys at which the key index, 2^21 buckets, holds 7/8 of its buckets and doubles.
+const INDEX_DOUBLING: u64 = 1_835_008;
+
+/// The 100-row batches that take the state past [`INDEX_DOUBLING`] keys: the worst one pays for
+/// growing the index.
+async fn index_doubling(dir: &Path) -> Result<()> {
+    let keys = INDEX_DOUBLING - 2_000;
+    let d = dir.to_path_buf();
+    let r = tokio::task::spawn_blocking(move || state_in_child(&d, keys, false))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    let [_, median, p95, max, ..] = r[..] else {
+        return Err(Error::Internal(format!("the state benchmark child printed {r:?}")));
+    };
+    println!("\nThe same from {keys} keys, so that the timed batches' new keys take the key index past");
+    println!("{INDEX_DOUBLING} keys, where a single table of 2^21 buckets doubles (the index is 64 tables that");
+    println!("grow one at a time): median {median:.2} ms, p95 {p95:.2} ms, **max {max:.2} ms**.");
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! The aggregation's running state: one row per group — its key in Arrow's row format (binary,
 //! comparable byte for byte) and each aggregate's state fields — addressed by group id, kept in
 //! append-only pages of Arrow arrays, with a hash index from key bytes to group id that holds
-//! only the 4-byte ids (keys are compared where they lie, in the pages).
+//! only the 4-byte ids (keys are compared where they lie, in the pages), in 64 shards that
+//! grow one at a time.
 //!
 //! A batch interns its keys, reads the rows of the groups it touches, merges its input into
 //! them, and appends the new rows as a page; the old rows become garbage. So a batch costs what
@@ -124,11 +125,39 @@ fn key_of<'a>(pages: &'a [Page], locs: &[Loc], pending: &'a Pending, gid: u32) -
     }
 }
 
+/// Bits of a key's hash that choose its index shard.
+const SHARD_BITS: u32 = 6;
+
+/// The key index: group ids in `2^SHARD_BITS` hash tables, a key's table chosen by bits 32.. of
+/// its hash (hashbrown takes a bucket from the low bits and a tag from the top seven). Growing
+/// the index rehashes and reallocates one shard, a 64th of it, at a time: a batch that fills a
+/// table pays for that table, not the whole index, and no block as large as the whole index is
+/// ever freed (glibc raises its mmap threshold to the largest block freed, and every transient
+/// buffer below it then stays resident in its heap: that was a tenth of the peak memory of a
+/// 2 M-key state).
+struct Index {
+    shards: Vec<HashTable<u32>>,
+}
+
+impl Index {
+    fn new() -> Self {
+        Index { shards: (0..1 << SHARD_BITS).map(|_| HashTable::new()).collect() }
+    }
+
+    fn shard(&mut self, hash: u64) -> &mut HashTable<u32> {
+        &mut self.shards[(hash >> 32) as usize & ((1 << SHARD_BITS) - 1)]
+    }
+
+    fn allocation_size(&self) -> usize {
+        self.shards.iter().map(HashTable::allocation_size).sum()
+    }
+}
+
 /// State rows by group id, and the key index.
 pub(super) struct StateTable {
     /// `key` (binary), then the state fields.
     schema: SchemaRef,
-    index: HashTable<u32>,
+    index: Index,
     hasher: foldhash::fast::FixedState,
     /// Page slots (a freed slot holds an empty page until it is used again).
     pages: Vec<Page>,
@@ -154,7 +183,7 @@ impl StateTable {
     pub(super) fn new(schema: SchemaRef) -> Self {
         StateTable {
             schema,
-            index: HashTable::new(),
+            index: Index::new(),
             hasher: foldhash::fast::FixedState::with_seed(0x5EED_51C3),
             pages: Vec::new(),
             order: Vec::new(),
@@ -191,7 +220,8 @@ impl StateTable {
         let StateTable { index, hasher, pages, locs, pending, free, .. } = self;
         for key in keys {
             let hash = hasher.hash_one(key);
-            let gid = match index.find(hash, |g| key_of(pages, locs, pending, *g) == key) {
+            let shard = index.shard(hash);
+            let gid = match shard.find(hash, |g| key_of(pages, locs, pending, *g) == key) {
                 Some(g) => *g,
                 None => {
                     let at = Loc { page: PENDING, row: pending.push(key) };
@@ -205,7 +235,7 @@ impl StateTable {
                             (locs.len() - 1) as u32
                         }
                     };
-                    index.insert_unique(hash, g, |g| hasher.hash_one(key_of(pages, locs, pending, *g)));
+                    shard.insert_unique(hash, g, |g| hasher.hash_one(key_of(pages, locs, pending, *g)));
                     g
                 }
             };
@@ -301,7 +331,7 @@ impl StateTable {
             }
             let key = self.pages[l.page as usize].keys.value(l.row as usize);
             let hash = self.hasher.hash_one(key);
-            if let Ok(entry) = self.index.find_entry(hash, |x| *x == g) {
+            if let Ok(entry) = self.index.shard(hash).find_entry(hash, |x| *x == g) {
                 entry.remove();
             }
             self.pages[l.page as usize].kill(l.row);
@@ -488,6 +518,9 @@ mod tests {
             assert!(t.page_count() <= bound, "{} pages", t.page_count());
         }
         assert_eq!(t.len(), truth.len());
+        // The keys spread over every shard of the index, and it holds exactly the live ones.
+        assert!(t.index.shards.iter().all(|s| !s.is_empty()), "an index shard is empty");
+        assert_eq!(t.index.shards.iter().map(HashTable::len).sum::<usize>(), truth.len());
         let mut all = contents(&t.all().unwrap());
         all.sort();
         assert_eq!(all, truth.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>());
