@@ -1496,6 +1496,44 @@ mod tests {
         out
     }
 
+    /// A snapshot of a page larger than a slice, with garbage rows in it, holds exactly the live
+    /// rows, in order, their keys converted back to their type.
+    #[test]
+    fn a_snapshot_slices_big_pages_and_keeps_only_live_rows() {
+        let rows = SNAPSHOT_SLICE_ROWS * 2 + 100;
+        let converter = Arc::new(RowConverter::new(vec![SortField::new(DataType::Utf8)]).unwrap());
+        let words: StringArray = (0..rows).map(|i| Some(format!("w{i}"))).collect();
+        let keys = converter.convert_columns(&[Arc::new(words)]).unwrap().try_into_binary().unwrap();
+        let table_schema = Arc::new(Schema::new(vec![
+            Field::new("key", DataType::Binary, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let mut table = StateTable::new(table_schema.clone());
+        let mut ids = Vec::new();
+        table.intern(keys.iter().map(Option::unwrap_or_default), &mut ids);
+        let gids: Vec<u32> = ids.iter().map(|g| *g as u32).collect();
+        let n = Int64Array::from_iter_values(0..rows as i64);
+        table
+            .append(gids.clone(), RecordBatch::try_new(table_schema, vec![Arc::new(keys), Arc::new(n)]).unwrap())
+            .unwrap();
+        // A third of the rows become garbage (too few for the page to be rewritten).
+        let gone: Vec<u32> = gids.iter().copied().filter(|g| g % 3 == 0).collect();
+        table.remove(&gone).unwrap();
+        let state_schema = Arc::new(Schema::new(vec![
+            Field::new("w", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batches = snapshot(&table, Some(converter), state_schema).collect::<Result<Vec<_>>>().unwrap();
+        assert_eq!(batches.len(), 3, "a page of {rows} rows in slices of {SNAPSHOT_SLICE_ROWS}");
+        let mut got = Vec::new();
+        for b in &batches {
+            let (w, n) = (b.column(0).as_string::<i32>(), b.column(1).as_primitive::<arrow_array::types::Int64Type>());
+            got.extend((0..b.num_rows()).map(|i| (w.value(i).to_string(), n.value(i))));
+        }
+        let want: Vec<(String, i64)> = (0..rows).filter(|i| i % 3 != 0).map(|i| (format!("w{i}"), i as i64)).collect();
+        assert_eq!(got, want);
+    }
+
     /// Small inputs of a filter/projection plan skip the executor: same rows, same schema, and
     /// in input order; a plan with other operators (explode) keeps the executor.
     #[tokio::test]
