@@ -147,8 +147,17 @@ pub async fn state_child(dir: &Path, keys: u64, checkpoint: bool) -> Result<()> 
     Ok(())
 }
 
-/// Runs `state_child` in a fresh `sluice` process.
-fn state_in_child(dir: &Path, keys: u64, checkpoint: bool) -> Result<Vec<f64>> {
+/// Runs `state_child` in a fresh `sluice` process (off the runtime's threads): fill, median,
+/// p95, max, peak RSS / key, `memoryUsedBytes` / key, base RSS.
+async fn state_in_child(dir: &Path, keys: u64, checkpoint: bool) -> Result<[f64; 7]> {
+    let dir = dir.to_path_buf();
+    let r = tokio::task::spawn_blocking(move || state_child_process(&dir, keys, checkpoint))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    r.as_slice().try_into().map_err(|_| Error::Internal(format!("the state benchmark child printed {r:?}")))
+}
+
+fn state_child_process(dir: &Path, keys: u64, checkpoint: bool) -> Result<Vec<f64>> {
     let exe = std::env::current_exe().map_err(|source| Error::Io { path: "current_exe".into(), source })?;
     let mut cmd = std::process::Command::new(&exe);
     cmd.arg("bench").arg("--dir").arg(dir).arg("--state-child").arg(keys.to_string());
@@ -181,13 +190,7 @@ pub(super) async fn state(dir: &Path, max_keys: u64) -> Result<()> {
     let sizes = [10_000u64, 100_000, 1_000_000, 2_000_000, 10_000_000];
     for keys in sizes.into_iter().filter(|k| *k <= max_keys) {
         for with in [false, true] {
-            let dir = dir.to_path_buf();
-            let r = tokio::task::spawn_blocking(move || state_in_child(&dir, keys, with))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
-            let [fill, median, p95, max, peak, reported, base] = r[..] else {
-                return Err(Error::Internal(format!("the state benchmark child printed {r:?}")));
-            };
+            let [fill, median, p95, max, peak, reported, base] = state_in_child(dir, keys, with).await?;
             println!(
                 "| {keys} | {} | {fill:.2} s | {median:.2} ms | {p95:.2} ms | {max:.2} ms | {peak:.0} B | {reported:.0} B | {base:.0} MB |",
                 if with { "yes" } else { "no" },
@@ -207,13 +210,7 @@ const INDEX_DOUBLING: u64 = 1_835_008;
 /// growing the index.
 async fn index_doubling(dir: &Path) -> Result<()> {
     let keys = INDEX_DOUBLING - 2_000;
-    let d = dir.to_path_buf();
-    let r = tokio::task::spawn_blocking(move || state_in_child(&d, keys, false))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
-    let [_, median, p95, max, ..] = r[..] else {
-        return Err(Error::Internal(format!("the state benchmark child printed {r:?}")));
-    };
+    let [_, median, p95, max, ..] = state_in_child(dir, keys, false).await?;
     println!("\nThe same from {keys} keys, so that the timed batches' new keys take the key index past");
     println!("{INDEX_DOUBLING} keys, where a single table of 2^21 buckets doubles (the index is 64 tables that");
     println!("grow one at a time): median {median:.2} ms, p95 {p95:.2} ms, **max {max:.2} ms**.");
