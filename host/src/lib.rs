@@ -44,6 +44,7 @@ mod foreach;
 mod inspect;
 pub mod kafka;
 mod listener;
+mod mem;
 mod metrics;
 mod options;
 mod plugin;

@@ -1242,6 +1242,7 @@ impl Aggregator {
         self.late_keys.clear();
         self.last_dropped = 0;
         self.last_removed = 0;
+        self.table.release_after_growth();
         let mut t = Touched {
             gids: Vec::new(),
             key_at: Vec::new(),
@@ -1295,9 +1296,11 @@ impl Aggregator {
                 }
             }
         }
-        // The batch's key table is done with: free it before the state table grows.
-        t.values = None;
+        // The batch's key table is done with: free it before the state table grows (a large
+        // one counts towards giving the allocator's free pages back; see `StateTable::let_go`).
+        let freed = t.values.take().map_or(0, |v| v.size()) + t.local_of_value.capacity() * 4;
         t.local_of_value = Vec::new();
+        self.table.let_go(freed);
         self.last_updated = t.gids.len() as u64;
         let mut delta = None;
         let mut emit = None;

@@ -169,12 +169,21 @@ pub(super) struct StateTable {
     len: usize,
     /// Group ids of removed groups, to hand out again.
     free: Vec<u32>,
+    /// Bytes of page arrays let go since the allocator last gave its free pages back.
+    released: usize,
+    /// `memory()` when the allocator last gave its free pages back.
+    released_at: usize,
 }
 
 /// Rows below which a page is never rewritten for garbage alone.
 const MIN_COMPACT_ROWS: usize = 1024;
 /// Pages do not grow past this many rows by merging.
 pub(super) const PAGE_ROWS: usize = 1 << 18;
+/// Page bytes let go, or bytes the table grew by, after which the allocator is asked to give
+/// its free pages back: about a full page of short keys with a count. A trim costs ~1 ms on a
+/// 200 MB heap and what it gives back is faulted in again when reused (trimming after every
+/// large batch cost the word count, whose state stays small, 5–15%); see `crate::mem`.
+const RELEASE_BYTES: usize = 4 << 20;
 
 impl StateTable {
     /// A table of rows of `schema`: a non-null binary key column, then state fields.
@@ -190,6 +199,8 @@ impl StateTable {
             pending: Pending::default(),
             len: 0,
             free: Vec::new(),
+            released: 0,
+            released_at: 0,
         }
     }
 
@@ -342,7 +353,7 @@ impl StateTable {
 
     /// Frees page slot `p` (no live rows).
     fn drop_page(&mut self, p: u32) -> Result<(), ArrowError> {
-        self.pages[p as usize] = Page::new(RecordBatch::new_empty(self.schema.clone()), Vec::new())?;
+        self.replace_page(p, Page::new(RecordBatch::new_empty(self.schema.clone()), Vec::new())?);
         self.order.retain(|x| *x != p);
         self.free_pages.push(p);
         Ok(())
@@ -371,7 +382,38 @@ impl StateTable {
                 self.rewrite(&[p], p)?;
             }
         }
+        // Merged pages leave free memory between live pages, which glibc keeps resident.
+        if self.released >= RELEASE_BYTES {
+            self.release_free_memory();
+        }
         Ok(())
+    }
+
+    /// Gives the allocator's free pages back to the system if the table has grown by
+    /// `RELEASE_BYTES` since the last time: called before a batch, when what the last one left
+    /// (its output, merged pages, index shards rehashed into larger ones) is free under the
+    /// grown state, and before the batch's own working memory goes on top of it.
+    pub(super) fn release_after_growth(&mut self) {
+        if self.memory() >= self.released_at + RELEASE_BYTES {
+            self.release_free_memory();
+        }
+    }
+
+    /// Counts `bytes` the running batch let go of outside the table (its key table), giving the
+    /// allocator's free pages back once `RELEASE_BYTES` are counted: a batch of new keys frees
+    /// a key table as large as its page, just before the page is built.
+    pub(super) fn let_go(&mut self, bytes: usize) {
+        self.released += bytes;
+        if self.released >= RELEASE_BYTES {
+            self.release_free_memory();
+        }
+    }
+
+    fn release_free_memory(&mut self) {
+        let gave_back = crate::mem::release_free_memory();
+        self.released = 0;
+        self.released_at = self.memory();
+        tracing::trace!(bytes = self.released_at, gave_back, "state: allocator's free pages given back");
     }
 
     /// Rewrites the live rows of page slots `pages` (oldest first) into slot `into`.
@@ -397,8 +439,14 @@ impl StateTable {
         for (row, g) in gids.iter().enumerate() {
             self.locs[*g as usize] = Loc { page: into, row: row as u32 };
         }
-        self.pages[into as usize] = Page::new(rows, gids)?;
+        self.replace_page(into, Page::new(rows, gids)?);
         Ok(())
+    }
+
+    /// Puts `page` in slot `p`, counting the old page's arrays as let go.
+    fn replace_page(&mut self, p: u32, page: Page) {
+        let old = std::mem::replace(&mut self.pages[p as usize], page);
+        self.released += old.rows.get_array_memory_size();
     }
 
     /// The pages, oldest first, each with a mask of its live rows (`None`: all live); their live
@@ -542,5 +590,45 @@ mod tests {
         assert_eq!(snapshot, truth);
         let rows_held: usize = t.pages().iter().map(|(p, _)| p.num_rows()).sum();
         assert!(rows_held <= 2 * truth.len() + MIN_COMPACT_ROWS * t.page_count(), "{rows_held} rows held");
+    }
+
+    /// Bytes let go (merged pages, a batch's key table) and growth are counted towards giving
+    /// the allocator's free pages back, and the count starts again after each time.
+    #[test]
+    fn counts_memory_let_go_and_grown_towards_a_trim() {
+        let mut t = StateTable::new(schema());
+        // Two pages of 100 k rows merge into one: the two old ones are let go.
+        for (i, from) in [0usize, 100_000].into_iter().enumerate() {
+            let keys: Vec<Vec<u8>> = (from..from + 100_000).map(|g| format!("key{g:09}").into_bytes()).collect();
+            let mut ids = Vec::new();
+            t.intern(keys.iter().map(Vec::as_slice), &mut ids);
+            let rows = RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(BinaryArray::from(keys.iter().map(Vec::as_slice).collect::<Vec<_>>())),
+                    Arc::new(Int64Array::from(vec![i as i64; keys.len()])),
+                ],
+            )
+            .unwrap();
+            t.append(ids.iter().map(|g| *g as u32).collect(), rows).unwrap();
+        }
+        assert_eq!(t.page_count(), 1, "the two pages merged");
+        // 2 x 100 k rows of 12 key bytes, 4 offset bytes and 8 value bytes: 4.8 MB let go,
+        // so the allocator was trimmed and the count started again.
+        assert_eq!(t.released, 0, "the merge's pages were counted and the count reset");
+        assert!(t.released_at > 0, "the table's size at the trim is kept");
+        t.let_go(RELEASE_BYTES - 1);
+        assert_eq!(t.released, RELEASE_BYTES - 1, "under the threshold nothing happens");
+        t.let_go(1);
+        assert_eq!(t.released, 0, "at the threshold the allocator is trimmed and the count reset");
+        // Growth: no trim until the table is RELEASE_BYTES past its size at the last one.
+        let at = t.released_at;
+        t.released_at = t.memory() - RELEASE_BYTES + 1;
+        t.release_after_growth();
+        assert_ne!(t.released_at, at, "(the test moved the mark)");
+        assert_eq!(t.released_at, t.memory() - RELEASE_BYTES + 1, "grown by less than RELEASE_BYTES: no trim");
+        t.released_at = t.memory() - RELEASE_BYTES;
+        t.release_after_growth();
+        assert_eq!(t.released_at, t.memory(), "grown by RELEASE_BYTES: trimmed, mark moved to the size now");
     }
 }
